@@ -1,0 +1,23 @@
+# Header-only dependencies of dspp::dspp, as imported targets. Used by the build and by
+# installed copies (dsppConfig.cmake). Searched in the system paths, CMAKE_PREFIX_PATH and
+# DSPP_DEPS_DIR (a folder with boost/, nlohmann/, doctest/ for machines without packages).
+include_guard(GLOBAL)
+
+set(_dspp_dep_hints ${DSPP_DEPS_DIR} $ENV{DSPP_DEPS_DIR})
+
+function(_dspp_header_target target header what)
+  if(TARGET ${target})
+    return()
+  endif()
+  string(MAKE_C_IDENTIFIER "DSPP_${header}_DIR" var)
+  string(TOUPPER "${var}" var)
+  find_path(${var} ${header} HINTS ${_dspp_dep_hints} PATH_SUFFIXES include)
+  if(NOT ${var})
+    message(FATAL_ERROR "dspp: ${header} not found. Install ${what}, or put it under DSPP_DEPS_DIR.")
+  endif()
+  add_library(${target} INTERFACE IMPORTED GLOBAL)
+  set_target_properties(${target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${${var}}")
+endfunction()
+
+_dspp_header_target(dspp::hana boost/hana.hpp "Boost.Hana (Debian: libboost-dev)")
+_dspp_header_target(dspp::json nlohmann/json.hpp "nlohmann-json (Debian: nlohmann-json3-dev)")

@@ -1,0 +1,34 @@
+#pragma once
+/// @file
+/// The `ds::optimizer` concept: what an optimizer policy provides.
+
+#include <concepts>
+#include <cstddef>
+
+#include <ds/config/config.hpp>
+
+namespace ds {
+
+/// An optimizer policy describes the math; the engine decides where it runs.
+///
+/// A model provides:
+/// - `Hyper`: a structural aggregate of hyper-parameters, and `defaults`, its value
+///   (a template argument, so `Adam<{.lr = 1e-2}>` is a different default);
+/// - `hyper_from(params)`: the hyper-parameters an `optimizer.params` block asks for
+///   (numbers come from the config at run time, DESIGN principle 7);
+/// - `accepts(type)`: whether a config's `optimizer.type` may run on this policy;
+/// - `state_buffers`: fp32 state values kept per parameter (Adam: m and v).
+///
+/// Laws: `hyper_from(OptimizerParams{})` with the config defaults equals SPEC §2's
+/// defaults; `accepts` is true for at least the policy's own `type`.
+template <class O>
+concept optimizer = requires(const OptimizerParams& params) {
+    typename O::Hyper;
+    { O::type } -> std::convertible_to<OptimizerType>;
+    { O::defaults } -> std::convertible_to<typename O::Hyper>;
+    { O::hyper_from(params) } -> std::same_as<typename O::Hyper>;
+    { O::accepts(O::type) } -> std::same_as<bool>;
+    { O::state_buffers } -> std::convertible_to<std::size_t>;
+} && O::accepts(O::type);
+
+}  // namespace ds

@@ -1,0 +1,22 @@
+# Runs COMMAND (a ;-list) and checks its exit code and output.
+#   EXPECT_RC       exact exit code expected (default 0)
+#   EXPECT_FAILURE  ON: any non-zero exit code is expected instead
+#   EXPECT_REGEX    must match stdout+stderr
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(all "${out}${err}")
+if(EXPECT_FAILURE)
+  if(rc EQUAL 0)
+    message(FATAL_ERROR "expected a failure, but it succeeded:\n${all}")
+  endif()
+else()
+  if(NOT DEFINED EXPECT_RC)
+    set(EXPECT_RC 0)
+  endif()
+  if(NOT rc EQUAL EXPECT_RC)
+    message(FATAL_ERROR "exit code ${rc}, expected ${EXPECT_RC}:\n${all}")
+  endif()
+endif()
+if(DEFINED EXPECT_REGEX AND NOT all MATCHES "${EXPECT_REGEX}")
+  message(FATAL_ERROR "output does not match '${EXPECT_REGEX}':\n${all}")
+endif()
+message(STATUS "ok (exit code ${rc})")

@@ -20,4 +20,8 @@
 #include <ds/policy/policies_for.hpp>
 #include <ds/policy/precision.hpp>
 #include <ds/policy/zero.hpp>
+#include <ds/sched/lr_scheduler.hpp>
+#include <ds/sched/one_cycle.hpp>
+#include <ds/sched/warmup.hpp>
+#include <ds/sched/warmup_cosine.hpp>
 #include <ds/util/host_device.hpp>

@@ -14,6 +14,9 @@
 #include <ds/numeric/bit_cast.hpp>
 #include <ds/numeric/half.hpp>
 #include <ds/optim/adam.hpp>
+#include <ds/optim/lamb.hpp>
+#include <ds/optim/lion.hpp>
+#include <ds/optim/sgd.hpp>
 #include <ds/optim/loss_scaler.hpp>
 #include <ds/optim/optimizer.hpp>
 #include <ds/policy/device.hpp>

@@ -1,4 +1,5 @@
 // Optimizer math against float64 references, and the loss scaler's golden sequences (SPEC §12).
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -6,6 +7,9 @@
 #include <doctest/doctest.h>
 
 #include <ds/optim/adam.hpp>
+#include <ds/optim/lamb.hpp>
+#include <ds/optim/lion.hpp>
+#include <ds/optim/sgd.hpp>
 #include <ds/optim/loss_scaler.hpp>
 
 namespace {
@@ -28,31 +32,125 @@ struct AdamReference {
 
 TEST_SUITE("optim") {
 
+/// Runs `steps` updates of optimizer O on 5 parameters with sin-shaped gradients and a
+/// changing lr, next to a float64 reference taking (p, g, lr, t) per element.
+template <class O, class Reference>
+void check_against_reference(const typename O::Hyper& h, Reference reference, int steps = 20) {
+    constexpr std::size_t n = 5;
+    std::vector<float> p{0.5f, -1.25f, 3.0f, 1e-3f, 0.0f}, grad(n);
+    std::vector<std::vector<float>> states(O::state_buffers, std::vector<float>(n, 0.0f));
+    std::vector<float*> state_ptrs;
+    for (auto& s : states) state_ptrs.push_back(s.data());
+    std::vector<float> scratch(n);
+    std::vector<double> p_ref(p.begin(), p.end());
+    for (int t = 1; t <= steps; ++t) {
+        const double lr = h.lr * (t % 3 == 0 ? 0.5 : 1.0);  // lr changes between steps, like a schedule
+        for (std::size_t i = 0; i < n; ++i) grad[i] = static_cast<float>(std::sin(0.7 * t + i) * (i + 1.0));
+        const auto update = O::update(h, lr, t);
+        if constexpr (requires { O::per_tensor; }) {
+            update.step_tensor(p.data(), grad.data(), state_ptrs.data(), scratch.data(), n);
+        } else {
+            for (std::size_t i = 0; i < n; ++i) update(i, p.data(), grad.data(), state_ptrs.data());
+        }
+        reference(p_ref, grad, lr, t);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        CAPTURE(i);
+        CHECK(p[i] == doctest::Approx(p_ref[i]).epsilon(2e-5));
+    }
+}
+
 TEST_CASE("Adam (decoupled and L2) follows a float64 reference over 20 steps") {
     for (bool decoupled : {true, false}) {
         const ds::AdamHyper h{.lr = 1e-2, .betas = {0.8, 0.999}, .eps = 1e-8, .weight_decay = 0.1,
                               .adam_w_mode = decoupled};
-        std::vector<float> p{0.5f, -1.25f, 3.0f, 1e-3f}, m(4, 0.0f), v(4, 0.0f);
         std::vector<AdamReference> ref;
-        for (float x : p) ref.push_back({x});
-        for (int t = 1; t <= 20; ++t) {
-            const double lr = h.lr * (t % 3 == 0 ? 0.5 : 1.0);  // lr changes between steps, like a schedule
-            const auto update = ds::AdamUpdate::at(h, lr, t);
+        check_against_reference<ds::Adam<>>(h, [&](std::vector<double>& p, const std::vector<float>& g, double lr, int t) {
+            if (ref.empty())
+                for (double x : p) ref.push_back({x});
             for (std::size_t i = 0; i < p.size(); ++i) {
-                const double g = std::sin(0.7 * t + static_cast<double>(i)) * (i + 1);
-                update(p[i], static_cast<float>(g), m[i], v[i]);
-                ref[i].step(h, lr, static_cast<float>(g), t);
+                ref[i].step(h, lr, g[i], t);
+                p[i] = ref[i].p;
             }
+        });
+    }
+}
+
+TEST_CASE("AdamW decouples weight decay even when adam_w_mode is false") {
+    ds::AdamHyper h{.lr = 1e-2, .weight_decay = 0.5, .adam_w_mode = false};
+    float p_w[1] = {2.0f}, p_a[1] = {2.0f}, g[1] = {0.25f}, m_w[1] = {}, v_w[1] = {}, m_a[1] = {}, v_a[1] = {};
+    float* s_w[2] = {m_w, v_w};
+    float* s_a[2] = {m_a, v_a};
+    ds::AdamW<>::update(h, h.lr, 1)(0, p_w, g, s_w);
+    h.adam_w_mode = true;
+    ds::Adam<>::update(h, h.lr, 1)(0, p_a, g, s_a);
+    CHECK(p_w[0] == p_a[0]);
+}
+
+TEST_CASE("SGD with momentum, dampening and Nesterov follows torch's rule in float64") {
+    for (bool nesterov : {false, true}) {
+        const ds::SgdHyper h{.lr = 0.05, .momentum = 0.9, .dampening = nesterov ? 0.0 : 0.1, .weight_decay = 0.01,
+                             .nesterov = nesterov};
+        std::vector<double> buffer(5);
+        check_against_reference<ds::SGD<>>(h, [&](std::vector<double>& p, const std::vector<float>& grad, double lr, int t) {
+            for (std::size_t i = 0; i < p.size(); ++i) {
+                double g = grad[i] + h.weight_decay * p[i];
+                buffer[i] = t == 1 ? g : h.momentum * buffer[i] + (1 - h.dampening) * g;
+                g = h.nesterov ? g + h.momentum * buffer[i] : buffer[i];
+                p[i] -= lr * g;
+            }
+        });
+    }
+    const ds::SgdHyper plain{.lr = 0.1};
+    check_against_reference<ds::SGD<>>(plain, [&](std::vector<double>& p, const std::vector<float>& g, double lr, int) {
+        for (std::size_t i = 0; i < p.size(); ++i) p[i] -= lr * g[i];
+    });
+}
+
+TEST_CASE("Lion follows FusedLion's rule in float64, sign(0) moving by +lr") {
+    const ds::LionHyper h{.lr = 1e-2, .betas = {0.9, 0.99}, .weight_decay = 0.1};
+    std::vector<double> m(5);
+    check_against_reference<ds::Lion<>>(h, [&](std::vector<double>& p, const std::vector<float>& g, double lr, int) {
+        for (std::size_t i = 0; i < p.size(); ++i) {
+            const double c = h.betas[0] * m[i] + (1 - h.betas[0]) * g[i];
+            p[i] = p[i] * (1 - lr * h.weight_decay) + (c > 0 ? -lr : lr);
+            m[i] = h.betas[1] * m[i] + (1 - h.betas[1]) * g[i];
         }
-        for (std::size_t i = 0; i < p.size(); ++i) CHECK(p[i] == doctest::Approx(ref[i].p).epsilon(1e-5));
+    });
+    float p[1] = {1.0f}, g[1] = {0.0f}, state[1] = {0.0f};
+    float* states[1] = {state};
+    ds::Lion<>::update({.lr = 0.5}, 0.5, 1)(0, p, g, states);
+    CHECK(p[0] == 1.5f);
+}
+
+TEST_CASE("Lamb follows FusedLamb's per-tensor trust ratio in float64") {
+    for (double max_coeff : {10.0, 0.3}) {  // the second clamps the trust ratio
+        const ds::LambHyper h{.lr = 1e-2, .betas = {0.9, 0.999}, .eps = 1e-6, .weight_decay = 0.01,
+                              .max_coeff = max_coeff};
+        std::vector<double> m(5), v(5), u(5);
+        check_against_reference<ds::Lamb<>>(h, [&](std::vector<double>& p, const std::vector<float>& g, double lr, int t) {
+            double p_norm = 0, u_norm = 0;
+            for (std::size_t i = 0; i < p.size(); ++i) {
+                m[i] = h.betas[0] * m[i] + (1 - h.betas[0]) * g[i];
+                v[i] = h.betas[1] * v[i] + (1 - h.betas[1]) * g[i] * g[i];
+                u[i] = m[i] / (std::sqrt(v[i]) + h.eps) + h.weight_decay * p[i];
+                p_norm += p[i] * p[i];
+                u_norm += u[i] * u[i];
+            }
+            p_norm = std::sqrt(p_norm);
+            u_norm = std::sqrt(u_norm);
+            const double trust = std::clamp(p_norm / u_norm, h.min_coeff, h.max_coeff);
+            const double step_size = lr * std::sqrt(1 - std::pow(h.betas[1], t)) / (1 - std::pow(h.betas[0], t));
+            for (std::size_t i = 0; i < p.size(); ++i) p[i] -= step_size * trust * u[i];
+        });
     }
 }
 
 TEST_CASE("Adam's first step moves each parameter by about lr against the gradient's sign") {
-    const auto update = ds::AdamUpdate::at(ds::AdamHyper{}, 1e-3, 1);
-    float p = 1.0f, m = 0, v = 0;
-    update(p, 0.37f, m, v);
-    CHECK(p == doctest::Approx(1.0 - 1e-3).epsilon(1e-6));  // m̂/sqrt(v̂) = sign(g) on step 1
+    float p[1] = {1.0f}, g[1] = {0.37f}, m[1] = {}, v[1] = {};
+    float* states[2] = {m, v};
+    ds::Adam<>::update(ds::AdamHyper{}, 1e-3, 1)(0, p, g, states);
+    CHECK(p[0] == doctest::Approx(1.0 - 1e-3).epsilon(1e-6));  // m̂/sqrt(v̂) = sign(g) on step 1
 }
 
 TEST_CASE("DynamicLossScaler reproduces SPEC §12 (init 2^15, window 2, hysteresis 2)") {

@@ -78,4 +78,18 @@ TEST_CASE("a config that contradicts explicit policies is rejected with the reas
           "optimizer Adam with adam_w_mode false (L2) but the engine is built for AdamW");
 }
 
+
+TEST_CASE("PoliciesFor maps every optimizer type, with its numbers") {
+    constexpr ds::Config sgd{.train_batch_size = 8,
+                             .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.1, .momentum = 0.9}}};
+    constexpr ds::Config lion{.train_batch_size = 8, .optimizer = {.type = ds::OptimizerType::Lion}};
+    constexpr ds::Config lamb{.train_batch_size = 8, .optimizer = {.type = ds::OptimizerType::Lamb},
+                              .fp16 = {.enabled = true}};
+    static_assert(std::is_same_v<ds::PoliciesFor<sgd>::optimizer_policy, ds::SGD<ds::SgdHyper{.lr = 0.1, .momentum = 0.9}>>);
+    static_assert(std::is_same_v<ds::PoliciesFor<lion>::optimizer_policy, ds::Lion<>>);
+    static_assert(std::is_same_v<ds::PoliciesFor<lamb>::optimizer_policy, ds::Lamb<>>);
+    static_assert(ds::static_agrees<ds::PoliciesFor<lamb>, lamb>());
+    CHECK(ds::PoliciesFor<sgd>::optimizer_policy::defaults.momentum == 0.9);
+}
+
 }  // TEST_SUITE

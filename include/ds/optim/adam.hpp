@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include <ds/config/config.hpp>
@@ -39,16 +40,19 @@ struct AdamUpdate {
                 static_cast<float>(bc2),       h.adam_w_mode};
     }
 
-    /// p, m, v updated in place from gradient g. eps is added after the square root and
-    /// the bias correction, as FusedAdam does.
-    DS_HOST_DEVICE void operator()(float& p, float g, float& m, float& v) const {
-        if (!adam_w_mode) g += weight_decay * p;
+    /// Element `i`: p, m = states[0], v = states[1] updated in place from the gradient. eps is
+    /// added after the square root and the bias correction, as FusedAdam does.
+    DS_HOST_DEVICE void operator()(std::size_t i, float* p, const float* grad, float* const* states) const {
+        float& m = states[0][i];
+        float& v = states[1][i];
+        float g = grad[i];
+        if (!adam_w_mode) g += weight_decay * p[i];
         m = beta1 * m + (1.0f - beta1) * g;
         v = beta2 * v + (1.0f - beta2) * g * g;
         const float denom = sqrtf(v / bias_correction2) + eps;
         float update = (m / bias_correction1) / denom;
-        if (adam_w_mode) update += weight_decay * p;
-        p -= lr * update;
+        if (adam_w_mode) update += weight_decay * p[i];
+        p[i] -= lr * update;
     }
 };
 
@@ -62,6 +66,7 @@ struct Adam {
     static constexpr std::size_t state_buffers = 2;  // exp_avg, exp_avg_sq
 
     static constexpr bool accepts(OptimizerType t) { return t == OptimizerType::Adam || t == OptimizerType::AdamW; }
+    static Update update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
     static constexpr Hyper hyper_from(const OptimizerParams& p) {
         return {p.lr, p.betas, p.eps, p.weight_decay, p.adam_w_mode, p.bias_correction};
     }
@@ -78,6 +83,10 @@ struct AdamW {
     static constexpr std::size_t state_buffers = 2;
 
     static constexpr bool accepts(OptimizerType t) { return t == OptimizerType::AdamW || t == OptimizerType::Adam; }
+    static Update update(Hyper h, double lr, std::int64_t step) {
+        h.adam_w_mode = true;
+        return Update::at(h, lr, step);
+    }
     static constexpr Hyper hyper_from(const OptimizerParams& p) {
         return {p.lr, p.betas, p.eps, p.weight_decay, true, p.bias_correction};
     }

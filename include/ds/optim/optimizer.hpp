@@ -4,6 +4,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 
 #include <ds/config/config.hpp>
 
@@ -17,7 +18,9 @@ namespace ds {
 /// - `hyper_from(params)`: the hyper-parameters an `optimizer.params` block asks for
 ///   (numbers come from the config at run time, DESIGN principle 7);
 /// - `accepts(type)`: whether a config's `optimizer.type` may run on this policy;
-/// - `state_buffers`: fp32 state values kept per parameter (Adam: m and v).
+/// - `state_buffers`: fp32 state values kept per parameter (Adam: m and v);
+/// - `update(hyper, lr, step)`: the functor for applied step `step` (1-based), called as
+///   `u(i, params, grads, states)` for element i of flat fp32 buffers, on host or device.
 ///
 /// Laws: `hyper_from(OptimizerParams{})` with the config defaults equals SPEC §2's
 /// defaults; `accepts` is true for at least the policy's own `type`.
@@ -29,6 +32,7 @@ concept optimizer = requires(const OptimizerParams& params) {
     { O::hyper_from(params) } -> std::same_as<typename O::Hyper>;
     { O::accepts(O::type) } -> std::same_as<bool>;
     { O::state_buffers } -> std::convertible_to<std::size_t>;
+    O::update(O::defaults, 1.0, std::int64_t{1});
 } && O::accepts(O::type);
 
 }  // namespace ds

@@ -8,6 +8,9 @@
 #include <ds/config/check_result.hpp>
 #include <ds/config/config.hpp>
 #include <ds/optim/adam.hpp>
+#include <ds/optim/lamb.hpp>
+#include <ds/optim/lion.hpp>
+#include <ds/optim/sgd.hpp>
 #include <ds/optim/loss_scaler.hpp>
 #include <ds/optim/optimizer.hpp>
 #include <ds/policy/device.hpp>
@@ -34,8 +37,12 @@ constexpr auto optimizer_for() {
         return std::type_identity<Adam<Adam<>::hyper_from(C.optimizer.params)>>{};
     else if constexpr (type == OptimizerType::AdamW)
         return std::type_identity<AdamW<AdamW<>::hyper_from(C.optimizer.params)>>{};
+    else if constexpr (type == OptimizerType::SGD)
+        return std::type_identity<SGD<SGD<>::hyper_from(C.optimizer.params)>>{};
+    else if constexpr (type == OptimizerType::Lion)
+        return std::type_identity<Lion<Lion<>::hyper_from(C.optimizer.params)>>{};
     else
-        static_assert(type == OptimizerType::Adam, "ds::PoliciesFor: this optimizer.type has no policy yet");
+        return std::type_identity<Lamb<Lamb<>::hyper_from(C.optimizer.params)>>{};
 }
 
 template <Config C>

@@ -21,3 +21,15 @@ endfunction()
 
 _dspp_header_target(dspp::hana boost/hana.hpp "Boost.Hana (Debian: libboost-dev)")
 _dspp_header_target(dspp::json nlohmann/json.hpp "nlohmann-json (Debian: nlohmann-json3-dev)")
+
+# OpenBLAS for the CPU backend's GEMMs. Optional so that a GPU-only machine can build the
+# CUDA parts; the CPU layers and examples need it.
+if(NOT TARGET dspp::openblas)
+  find_path(DSPP_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas x86_64-linux-gnu/openblas-pthread)
+  find_library(DSPP_OPENBLAS_LIBRARY NAMES openblas openblasp)
+  if(DSPP_CBLAS_INCLUDE_DIR AND DSPP_OPENBLAS_LIBRARY)
+    add_library(dspp::openblas INTERFACE IMPORTED GLOBAL)
+    set_target_properties(dspp::openblas PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${DSPP_CBLAS_INCLUDE_DIR}"
+                                                    INTERFACE_LINK_LIBRARIES "${DSPP_OPENBLAS_LIBRARY}")
+  endif()
+endif()

@@ -1,0 +1,65 @@
+#pragma once
+/// @file
+/// `ds::nn::Linear<In, Out>`: y = x · Wᵀ + b, PyTorch's layout (weight [Out, In]).
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+
+#include <ds/device/cpu/gemm.hpp>
+#include <ds/nn/shape.hpp>
+#include <ds/util/rng.hpp>
+
+namespace ds::nn {
+
+namespace detail {
+/// Fails with the expected size in the instantiation note: "[with ... Expected = 400]".
+template <std::size_t Given, std::size_t Expected>
+constexpr bool input_size_matches() {
+    static_assert(Given == Expected,
+                  "ds::nn::Linear<In, Out>: In must equal the size of the previous layer's output "
+                  "(see 'Given' and 'Expected' in the instantiation above)");
+    return true;
+}
+}  // namespace detail
+
+/// Fully connected layer. Its input may be any shape of `In` values (an image is read flat,
+/// as after `Flatten`); any other size is a compile error naming the expected size.
+template <std::size_t In, std::size_t Out>
+struct Linear {
+    template <class Input>
+    struct Bound {
+        static_assert(detail::input_size_matches<In, Input::size>());
+        using input_shape = Input;
+        using output_shape = Features<Out>;
+        static constexpr std::array<ParamSpec, 2> params{
+            {{"weight", {2, {Out, In}}}, {"bias", {1, {Out}}}}};
+        static constexpr std::size_t weight_offset = 0, bias_offset = Out * In;
+
+        void reserve(std::size_t /*max_batch*/) {}
+
+        /// PyTorch's default: U(±1/√In) for weight (kaiming-uniform, a = √5) and bias.
+        static void init(float* w, Rng& rng) {
+            const float bound = 1.0f / std::sqrt(static_cast<float>(In));
+            for (std::size_t i = 0; i < Out * In + Out; ++i) w[i] = rng.uniform(-bound, bound);
+        }
+
+        void forward(const float* x, float* y, std::size_t batch, const float* w) {
+            for (std::size_t b = 0; b < batch; ++b)
+                std::copy_n(w + bias_offset, Out, y + b * Out);
+            cpu::gemm(cpu::Op::none, cpu::Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 1.0f, y, Out);
+        }
+
+        /// Adds this batch's weight and bias gradients to `dw`; writes dx unless it is null.
+        void backward(const float* x, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
+                      float* dw) {
+            cpu::gemm(cpu::Op::transpose, cpu::Op::none, Out, In, batch, 1.0f, dy, Out, x, In, 1.0f, dw, In);
+            float* db = dw + bias_offset;
+            for (std::size_t b = 0; b < batch; ++b)
+                for (std::size_t o = 0; o < Out; ++o) db[o] += dy[b * Out + o];
+            if (dx) cpu::gemm(cpu::Op::none, cpu::Op::none, batch, In, Out, 1.0f, dy, Out, w, In, 0.0f, dx, In);
+        }
+    };
+};
+
+}  // namespace ds::nn

@@ -33,3 +33,12 @@ if(NOT TARGET dspp::openblas)
                                                     INTERFACE_LINK_LIBRARIES "${DSPP_OPENBLAS_LIBRARY}")
   endif()
 endif()
+
+# zlib reads gzip-compressed IDX files (Fashion-MNIST as Debian ships it).
+if(NOT TARGET dspp::zlib)
+  find_package(ZLIB QUIET)
+  if(ZLIB_FOUND)
+    add_library(dspp::zlib INTERFACE IMPORTED GLOBAL)
+    set_target_properties(dspp::zlib PROPERTIES INTERFACE_LINK_LIBRARIES ZLIB::ZLIB)
+  endif()
+endif()

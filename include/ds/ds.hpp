@@ -10,6 +10,12 @@
 #include <ds/config/maybe.hpp>
 #include <ds/config/print.hpp>
 #include <ds/config/reflect.hpp>
+#include <ds/data/cifar10.hpp>
+#include <ds/data/data_loader.hpp>
+#include <ds/data/dataset.hpp>
+#include <ds/data/distributed_sampler.hpp>
+#include <ds/data/idx.hpp>
+#include <ds/data/synthetic.hpp>
 #include <ds/device/cpu/gemm.hpp>
 #include <ds/device/cpu/im2col.hpp>
 #include <ds/nn/conv2d.hpp>

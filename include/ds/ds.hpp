@@ -18,6 +18,12 @@
 #include <ds/data/synthetic.hpp>
 #include <ds/device/cpu/gemm.hpp>
 #include <ds/device/cpu/im2col.hpp>
+#include <ds/engine/engine.hpp>
+#include <ds/engine/flat_buffers.hpp>
+#include <ds/engine/flat_optimizer.hpp>
+#include <ds/engine/initialize.hpp>
+#include <ds/io/model_weights.hpp>
+#include <ds/io/safetensors.hpp>
 #include <ds/nn/conv2d.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/nn/flatten.hpp>
@@ -44,4 +50,5 @@
 #include <ds/sched/warmup.hpp>
 #include <ds/sched/warmup_cosine.hpp>
 #include <ds/util/host_device.hpp>
+#include <ds/util/log.hpp>
 #include <ds/util/rng.hpp>

@@ -146,6 +146,13 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
 
+    /// Bytes of activations and backward work buffers.
+    std::size_t buffer_bytes() const {
+        std::size_t n = grad_a_.size() + grad_b_.size();
+        for (const auto& a : activations_) n += a.size();
+        return n * sizeof(float);
+    }
+
     /// PyTorch's default initialisation of every layer, in layer order, from `rng`.
     static void init(float* params, Rng& rng) {
         [&]<std::size_t... I>(std::index_sequence<I...>) {

@@ -1,0 +1,228 @@
+// The single-rank engine: accumulation, clipping, skipping, scheduling and bookkeeping,
+// each checked against an independent computation.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include <ds/data/synthetic.hpp>
+#include <ds/engine/initialize.hpp>
+#include <ds/optim/sgd.hpp>
+
+#include "cifar10/net.hpp"
+
+namespace {
+
+using SmallNet = cifar10::Net<1, 16, 4>;
+using AdamEngine = ds::Engine<SmallNet, ds::Adam<>>;
+using SgdEngine = ds::Engine<SmallNet, ds::SGD<>>;
+
+ds::Config adam_config(std::int64_t micro, std::int64_t gas) {
+    return {.train_batch_size = micro * gas,
+            .train_micro_batch_size_per_gpu = micro,
+            .optimizer = {.type = ds::OptimizerType::Adam, .params = {.lr = 1e-2}},
+            .seed = 5};
+}
+
+struct Data {
+    std::vector<float> inputs;
+    std::vector<std::int32_t> labels;
+};
+
+Data make_data(std::size_t n, std::uint64_t seed) {
+    const auto d = ds::data::make_synthetic(n, 1, 16, 16, 4, seed);
+    Data out{std::vector<float>(n * d.sample_size()), std::vector<std::int32_t>(n)};
+    for (std::size_t i = 0; i < n; ++i) out.labels[i] = d.get(i, out.inputs.data() + i * d.sample_size());
+    return out;
+}
+
+/// forward + loss + backward on samples [first, first + n) of `data`.
+template <class E>
+float micro_step(E& engine, const Data& data, std::size_t first, std::size_t n) {
+    constexpr std::size_t in = E::input_size;
+    const auto out = engine.forward({data.inputs.data() + first * in, n * in});
+    const auto loss = ds::nn::CrossEntropyLoss{E::output_size}(out, {data.labels.data() + first, n});
+    return engine.backward(loss);
+}
+
+std::vector<float> copy(std::span<const float> s) { return {s.begin(), s.end()}; }
+
+}  // namespace
+
+TEST_SUITE("engine") {
+
+TEST_CASE("gradient accumulation: 2 micro-batches of 4 equal one batch of 8") {
+    const Data data = make_data(8, 1);
+    AdamEngine whole(adam_config(8, 1));
+    AdamEngine accumulated(adam_config(4, 2));
+    REQUIRE(copy(whole.parameters()) == copy(accumulated.parameters()));  // same seed, same init
+
+    micro_step(whole, data, 0, 8);
+    whole.step();
+
+    CHECK_FALSE(accumulated.is_gradient_accumulation_boundary());
+    const float scaled = micro_step(accumulated, data, 0, 4);
+    accumulated.step();
+    CHECK(accumulated.global_steps() == 0);
+    CHECK(accumulated.micro_steps() == 1);
+    CHECK(accumulated.is_gradient_accumulation_boundary());
+    micro_step(accumulated, data, 4, 4);
+    accumulated.step();
+    CHECK(accumulated.global_steps() == 1);
+    CHECK(accumulated.micro_steps() == 2);
+    CHECK(scaled > 0);
+
+    const auto a = copy(whole.parameters()), b = copy(accumulated.parameters());
+    for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(a[i] == doctest::Approx(b[i]).epsilon(1e-4).scale(1e-6));
+    CHECK(whole.get_global_grad_norm() == doctest::Approx(accumulated.get_global_grad_norm()).epsilon(1e-4));
+}
+
+TEST_CASE("backward returns loss / GAS, and gradients are cleared at the boundary") {
+    const Data data = make_data(4, 2);
+    AdamEngine engine(adam_config(2, 2));
+    const auto out = engine.forward({data.inputs.data(), 2 * AdamEngine::input_size});
+    const auto loss = ds::nn::CrossEntropyLoss{4}(out, {data.labels.data(), 2});
+    CHECK(engine.backward(loss) == doctest::Approx(loss.value / 2));
+    engine.step();
+    micro_step(engine, data, 2, 2);
+    engine.step();
+    for (float g : engine.gradients()) REQUIRE(g == 0.0f);
+}
+
+TEST_CASE("gradient clipping scales the whole gradient to the configured norm (SPEC §5.1)") {
+    const Data data = make_data(8, 3);
+    ds::Config cfg = adam_config(8, 1);
+    cfg.optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 1.0}};  // Δp = −g exactly
+    cfg.gradient_clipping = 1e-3;
+    SgdEngine engine(cfg);
+    const auto before = copy(engine.parameters());
+    micro_step(engine, data, 0, 8);
+    const auto grads = copy(engine.gradients());
+    engine.step();
+    const double norm = engine.get_global_grad_norm();
+    REQUIRE(norm > 1e-3);
+    double expected_norm_sq = 0, grad_norm_sq = 0;
+    const auto after = copy(engine.parameters());
+    const double coef = 1e-3 / (norm + 1e-6);
+    for (std::size_t i = 0; i < before.size(); ++i) {
+        grad_norm_sq += static_cast<double>(grads[i]) * grads[i];
+        CHECK(after[i] == doctest::Approx(before[i] - grads[i] * coef).epsilon(1e-5).scale(1e-7));
+        expected_norm_sq += (after[i] - before[i]) * static_cast<double>(after[i] - before[i]);
+    }
+    CHECK(norm == doctest::Approx(std::sqrt(grad_norm_sq)));
+    CHECK(std::sqrt(expected_norm_sq) == doctest::Approx(1e-3).epsilon(1e-3));
+}
+
+TEST_CASE("a non-finite gradient skips exactly that step and changes nothing") {
+    const Data data = make_data(8, 4);
+    ds::Config cfg = adam_config(8, 1);
+    cfg.scheduler = {.type = ds::SchedulerType::WarmupLR, .params = {.warmup_num_steps = 10}};
+    AdamEngine engine(cfg);
+    for (int i = 0; i < 3; ++i) {
+        micro_step(engine, data, 0, 8);
+        engine.step();
+    }
+    const auto params = copy(engine.parameters());
+    const auto m = copy(engine.optimizer().state(0)), v = copy(engine.optimizer().state(1));
+    const double lr = engine.get_lr()[0];
+    micro_step(engine, data, 0, 8);
+    engine.gradients()[123] = std::numeric_limits<float>::infinity();
+    engine.step();
+    CHECK_FALSE(engine.was_step_applied());
+    CHECK(engine.skipped_steps() == 1);
+    CHECK(engine.global_steps() == 4);
+    CHECK(engine.optimizer().step_count() == 3);  // Adam's count = applied steps
+    CHECK(std::memcmp(params.data(), engine.parameters().data(), params.size() * 4) == 0);
+    CHECK(copy(engine.optimizer().state(0)) == m);
+    CHECK(copy(engine.optimizer().state(1)) == v);
+    CHECK(engine.get_lr()[0] == lr);  // the schedule did not advance
+    for (float g : engine.gradients()) REQUIRE(g == 0.0f);
+    micro_step(engine, data, 0, 8);
+    engine.step();
+    CHECK(engine.was_step_applied());
+    CHECK(engine.optimizer().step_count() == 4);
+}
+
+TEST_CASE("WarmupLR: the first two applied steps use lr 0 and leave the weights unchanged") {
+    const Data data = make_data(8, 5);
+    ds::Config cfg = adam_config(8, 1);
+    cfg.optimizer.params.weight_decay = 0.1;
+    cfg.scheduler = {.type = ds::SchedulerType::WarmupLR, .params = {.warmup_num_steps = 1000}};
+    AdamEngine engine(cfg);
+    const auto initial = copy(engine.parameters());
+    for (int i = 0; i < 2; ++i) {
+        CHECK(engine.get_lr()[0] == 0.0);
+        micro_step(engine, data, 0, 8);
+        engine.step();
+    }
+    CHECK(copy(engine.parameters()) == initial);
+    CHECK(engine.get_lr()[0] == doctest::Approx(1e-3 * std::log(2.0) / std::log(1000.0)));
+    micro_step(engine, data, 0, 8);
+    engine.step();
+    CHECK(copy(engine.parameters()) != initial);
+}
+
+TEST_CASE("the engine refuses configs that break rules or contradict its policies") {
+    ds::Config cfg = adam_config(8, 1);
+    cfg.bf16.enabled = true;
+    CHECK_THROWS_WITH_AS(AdamEngine{cfg}, "the config selects bf16 but the engine is built for fp32", ds::ConfigError);
+    CHECK_THROWS_WITH_AS(AdamEngine(adam_config(8, 1), 3), "Gradient accumulation steps: 0 has to be greater than 0", ds::ConfigError);
+    ds::Config lion = adam_config(8, 1);
+    lion.optimizer.type = ds::OptimizerType::Lion;
+    CHECK_THROWS_WITH_AS(AdamEngine{lion}, "optimizer.type is Lion but the engine is built for Adam", ds::ConfigError);
+    AdamEngine engine(adam_config(4, 1));
+    std::vector<float> too_many(5 * AdamEngine::input_size);
+    CHECK_THROWS_AS(engine.forward(too_many), std::invalid_argument);
+}
+
+TEST_CASE("EngineFor, initialize, memory report and the API DeepSpeed users expect") {
+    static constexpr ds::Config cfg{.train_batch_size = 16,
+                                    .optimizer = {.type = ds::OptimizerType::AdamW, .params = {.lr = 3e-3}},
+                                    .seed = 9};
+    using E = ds::EngineFor<SmallNet, cfg>;
+    static_assert(E::zero_optimization_stage() == 0 && !E::fp16_enabled() && !E::bfloat16_enabled());
+    const auto data = ds::data::make_synthetic(64, 1, 16, 16, 4, 7);
+    auto [engine, optimizer, loader, scheduler] = ds::initialize<E>(cfg, data);
+    CHECK(loader->batch_size() == 16);
+    CHECK(loader->size() == 4);
+    CHECK(optimizer->hyper().lr == 3e-3);
+    CHECK(scheduler->get_lr() == 3e-3);
+    CHECK(engine->get_mom() == std::vector<std::vector<double>>{{0.9, 0.999}});
+    const auto memory = engine->memory_report();
+    CHECK(memory.parameters == 4 * SmallNet::param_count);
+    CHECK(memory.gradients == 4 * SmallNet::param_count);
+    CHECK(memory.optimizer_states == 8 * SmallNet::param_count);
+    CHECK(memory.master_weights == 0);
+    CHECK(engine->world_size() == 1);
+    CHECK(engine->global_rank() == 0);
+}
+
+TEST_CASE("training on learnable synthetic data lowers the loss") {
+    static constexpr ds::Config cfg{.train_batch_size = 16,
+                                    .optimizer = {.type = ds::OptimizerType::Adam, .params = {.lr = 3e-3}},
+                                    .seed = 1};
+    using E = ds::EngineFor<SmallNet, cfg>;
+    const auto data = ds::data::make_synthetic(512, 1, 16, 16, 4, 11);
+    auto [engine, optimizer, loader, scheduler] = ds::initialize<E>(cfg, data);
+    double first_epoch = 0, last_epoch = 0;
+    for (std::uint64_t epoch = 0; epoch < 5; ++epoch) {
+        double total = 0;
+        loader->start_epoch(epoch);
+        while (auto batch = loader->next()) {
+            const auto out = engine->forward(batch->inputs);
+            const auto loss = ds::nn::CrossEntropyLoss{4}(out, batch->labels);
+            engine->backward(loss);
+            engine->step();
+            total += loss.value;
+        }
+        (epoch == 0 ? first_epoch : last_epoch) = total / loader->size();
+    }
+    CHECK(engine->global_steps() == 5 * 32);
+    CHECK(engine->global_samples() == 5 * 32 * 16);
+    CHECK(last_epoch < 0.5 * first_epoch);
+}
+
+}  // TEST_SUITE

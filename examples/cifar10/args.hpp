@@ -1,0 +1,90 @@
+#pragma once
+// Command-line flags of the CIFAR-10 example, named as in DeepSpeedExamples'
+// cifar10_deepspeed.py where they exist there.
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace cifar10 {
+
+struct Args {
+    int epochs = 30;
+    int log_interval = 2000;
+    std::string dtype;  // empty: this binary's own
+    std::optional<int> stage;
+    std::string deepspeed_config;
+    std::string dataset;  // empty: cifar10 if its files are in data_dir, else fashion-mnist
+    std::string data_dir = "./data/cifar-10-batches-bin";
+    bool data_dir_given = false;
+    std::optional<std::int64_t> max_steps;
+    std::optional<std::int64_t> seed;
+    bool no_shuffle = false;
+    std::optional<int> threads;
+    std::string init_weights, save_weights, metrics_json;
+    bool help = false;
+};
+
+inline constexpr std::string_view usage_text =
+    "Trains the DeepSpeed CIFAR-10 tutorial's Net with dspp and reports test accuracy.\n"
+    "\n"
+    "  --epochs N               training epochs (default 30)\n"
+    "  --log-interval N         print the mean loss every N steps (default 2000)\n"
+    "  --dtype {fp32,bf16,fp16} must name this binary's precision; run_ds.sh picks the binary\n"
+    "  --stage {0,1,2,3}        must name this binary's ZeRO stage\n"
+    "  --deepspeed_config FILE  DeepSpeed JSON config; numbers are read from it, policies must match\n"
+    "  --dataset {cifar10,fashion-mnist,synthetic}\n"
+    "  --data-dir DIR           CIFAR-10 binary batches, or IDX files (default ./data/cifar-10-batches-bin)\n"
+    "  --max-steps N            stop after N optimizer steps\n"
+    "  --seed N                 initialisation and shuffling seed (default: the config's)\n"
+    "  --no-shuffle             keep the training data in file order\n"
+    "  --threads N              BLAS threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --init-weights FILE      start from a safetensors file (PyTorch names)\n"
+    "  --save-weights FILE      write the trained weights as safetensors\n"
+    "  --metrics-json FILE      write the run's figures as one JSON object\n";
+
+inline Args parse_args(int argc, char** argv) {
+    Args a;
+    auto value = [&](int& i, std::string_view flag) -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument(std::string(flag) + " needs a value");
+        return argv[++i];
+    };
+    auto integer = [&](int& i, std::string_view flag) -> std::int64_t {
+        const std::string text = value(i, flag);
+        char* end = nullptr;
+        const long long v = std::strtoll(text.c_str(), &end, 10);
+        if (text.empty() || *end != '\0' || v < 0)
+            throw std::invalid_argument(std::string(flag) + " needs a non-negative integer, got '" + text + "'");
+        return v;
+    };
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg == "--help" || arg == "-h") a.help = true;
+        else if (arg == "--epochs") a.epochs = static_cast<int>(integer(i, arg));
+        else if (arg == "--log-interval" || arg == "--log_interval") a.log_interval = static_cast<int>(integer(i, arg));
+        else if (arg == "--dtype") a.dtype = value(i, arg);
+        else if (arg == "--stage") a.stage = static_cast<int>(integer(i, arg));
+        else if (arg == "--deepspeed_config" || arg == "--deepspeed-config") a.deepspeed_config = value(i, arg);
+        else if (arg == "--deepspeed") continue;  // DeepSpeed's launcher flag: nothing to do
+        else if (arg == "--local_rank" || arg == "--local-rank") value(i, arg);
+        else if (arg.starts_with("--local_rank=")) continue;
+        else if (arg == "--dataset") a.dataset = value(i, arg);
+        else if (arg == "--data-dir") a.data_dir = value(i, arg), a.data_dir_given = true;
+        else if (arg == "--max-steps") a.max_steps = integer(i, arg);
+        else if (arg == "--seed") a.seed = integer(i, arg);
+        else if (arg == "--no-shuffle") a.no_shuffle = true;
+        else if (arg == "--threads") a.threads = static_cast<int>(integer(i, arg));
+        else if (arg == "--init-weights") a.init_weights = value(i, arg);
+        else if (arg == "--save-weights") a.save_weights = value(i, arg);
+        else if (arg == "--metrics-json") a.metrics_json = value(i, arg);
+        else throw std::invalid_argument("unknown flag '" + std::string(arg) + "' (see --help)");
+    }
+    if (a.log_interval <= 0) throw std::invalid_argument("--log-interval must be positive");
+    if (!a.dataset.empty() && a.dataset != "cifar10" && a.dataset != "fashion-mnist" && a.dataset != "synthetic")
+        throw std::invalid_argument("--dataset must be cifar10, fashion-mnist or synthetic, got '" + a.dataset + "'");
+    return a;
+}
+
+}  // namespace cifar10

@@ -1,0 +1,240 @@
+// cifar10: the port of DeepSpeedExamples' training/cifar/cifar10_deepspeed.py.
+//
+// Trains the tutorial's LeNet-style Net with Adam, WarmupLR and gradient clipping, then
+// reports test accuracy overall and per class. One binary per policy combination:
+// cifar10_<dtype>_zero<stage> (CMake builds them; run_ds.sh picks one from --dtype/--stage).
+//
+//   build/bin/cifar10_fp32_zero0 --dataset fashion-mnist --epochs 2
+//
+// Data: CIFAR-10's binary batches in --data-dir if present, else Fashion-MNIST from
+// Debian's dataset-fashion-mnist (the Net adapts to 1×28×28 at compile time).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include <cblas.h>
+#include <nlohmann/json.hpp>
+
+#include <ds/config/json.hpp>
+#include <ds/data/cifar10.hpp>
+#include <ds/data/idx.hpp>
+#include <ds/data/synthetic.hpp>
+#include <ds/engine/initialize.hpp>
+#include <ds/io/model_weights.hpp>
+#include <ds/nn/cross_entropy.hpp>
+
+#include "cifar10/args.hpp"
+#include "cifar10/ds_config.hpp"
+#include "cifar10/net.hpp"
+
+#ifndef CIFAR10_DTYPE
+#define CIFAR10_DTYPE "fp32"
+#endif
+#ifndef CIFAR10_STAGE
+#define CIFAR10_STAGE 0
+#endif
+
+namespace {
+
+constexpr std::string_view binary_dtype = CIFAR10_DTYPE;
+constexpr int binary_stage = CIFAR10_STAGE;
+
+/// The example's ds_config with this binary's precision and stage.
+constexpr ds::Config binary_config = [] {
+    ds::Config c = cifar10::ds_config;
+    c.zero_optimization.stage = binary_stage;
+    c.bf16.enabled = binary_dtype == "bf16";
+    c.fp16.enabled = binary_dtype == "fp16";
+    return c;
+}();
+static_assert(ds::static_check<binary_config, 1>());
+using Policies = ds::PoliciesFor<binary_config>;
+
+std::string binary_name(std::string_view dtype, int stage) {
+    return "cifar10_" + std::string(dtype) + "_zero" + std::to_string(stage);
+}
+
+/// The config this run uses: the binary's own, or --deepspeed_config's numbers when they
+/// ask for the same policies (otherwise the error names the binary that matches).
+ds::Config resolve_config(const cifar10::Args& args) {
+    const std::string self = binary_name(binary_dtype, binary_stage);
+    if (!args.dtype.empty() && args.dtype != binary_dtype)
+        throw std::invalid_argument("--dtype " + args.dtype + ": this binary is " + self + "; run " +
+                                    binary_name(args.dtype, args.stage.value_or(binary_stage)) +
+                                    " (examples/cifar10/run_ds.sh picks it)");
+    if (args.stage && *args.stage != binary_stage)
+        throw std::invalid_argument("--stage " + std::to_string(*args.stage) + ": this binary is " + self + "; run " +
+                                    binary_name(args.dtype.empty() ? binary_dtype : args.dtype, *args.stage));
+    ds::Config cfg = binary_config;
+    if (!args.deepspeed_config.empty()) {
+        const auto loaded = ds::load_config(args.deepspeed_config, 1);
+        for (const auto& w : loaded.warnings) std::cerr << "warning: " << w << "\n";
+        cfg = loaded.config;
+        if (auto rule = ds::check_agrees<Policies>(cfg); !rule) {
+            const std::string wanted = binary_name(ds::detail::config_dtype(cfg), cfg.zero_optimization.stage);
+            throw std::invalid_argument(args.deepspeed_config + ": " + std::string(rule.what()) + ". This binary is " +
+                                        self + (wanted != self ? "; run " + wanted + " for this config" : ""));
+        }
+    }
+    if (args.seed) cfg.seed = *args.seed;
+    return cfg;
+}
+
+struct Splits {
+    ds::data::ImageDataset train, test;
+};
+
+Splits load_data(const cifar10::Args& args) {
+    std::string which = args.dataset;
+    if (which.empty()) {
+        which = ds::data::has_cifar10(args.data_dir) ? "cifar10" : "fashion-mnist";
+        if (which == "fashion-mnist")
+            std::cout << "CIFAR-10 not found in " << args.data_dir << "; using Fashion-MNIST from "
+                      << ds::data::debian_fashion_mnist_dir.string() << "\n";
+    }
+    if (which == "cifar10") return {ds::data::load_cifar10(args.data_dir, true), ds::data::load_cifar10(args.data_dir, false)};
+    if (which == "fashion-mnist") {
+        const auto dir = args.data_dir_given ? std::filesystem::path(args.data_dir) : ds::data::debian_fashion_mnist_dir;
+        return {ds::data::load_fashion_mnist(dir, true), ds::data::load_fashion_mnist(dir, false)};
+    }
+    return {ds::data::make_synthetic(50000, 3, 32, 32, 10, 1), ds::data::make_synthetic(10000, 3, 32, 32, 10, 2)};
+}
+
+/// `[epoch, step] loss: x.xxx`, formatted as the Python example's f-string prints it.
+void print_loss(int epoch, std::size_t step, double mean) {
+    std::printf("[%2d, %5zu] loss: % .3f\n", epoch, step, mean);
+    std::fflush(stdout);
+}
+
+template <class Net>
+int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data) {
+    using Engine = ds::Engine<Net, typename Policies::optimizer_policy, typename Policies::zero_policy,
+                              typename Policies::precision_policy>;
+    constexpr std::size_t classes = Net::output_shape::size;
+    auto [engine, optimizer, trainloader, scheduler] =
+        ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle});
+    if (!args.init_weights.empty()) ds::io::load_weights<Net>(args.init_weights, engine->parameters());
+    std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
+              << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
+              << Policies::device_policy::name << "; " << Net::param_count << " parameters; micro batch "
+              << engine->train_micro_batch_size_per_gpu() << ", gradient accumulation "
+              << engine->gradient_accumulation_steps() << "; " << data.train.size() << " training images\n";
+
+    const ds::nn::CrossEntropyLoss criterion{classes};
+    double running_loss = 0.0, final_loss = 0.0, unreported_loss = 0.0;
+    std::size_t unreported = 0, images = 0;
+    const auto start = std::chrono::steady_clock::now();
+    bool done = false;
+    for (int epoch = 0; epoch < args.epochs && !done; ++epoch) {
+        trainloader->start_epoch(static_cast<std::uint64_t>(epoch));
+        running_loss = 0.0;  // per epoch, as the Python example
+        std::size_t i = 0;
+        while (auto batch = trainloader->next()) {
+            const auto outputs = engine->forward(batch->inputs);
+            const auto loss = criterion(outputs, batch->labels);
+            engine->backward(loss);
+            engine->step();
+            images += batch->size;
+            running_loss += loss.value;
+            unreported_loss += loss.value;
+            ++unreported;
+            if (i % args.log_interval == static_cast<std::size_t>(args.log_interval - 1)) {
+                final_loss = running_loss / args.log_interval;
+                print_loss(epoch + 1, i + 1, final_loss);
+                running_loss = unreported_loss = 0.0;
+                unreported = 0;
+            }
+            ++i;
+            if (args.max_steps && engine->global_steps() >= *args.max_steps) {
+                done = true;
+                break;
+            }
+        }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (unreported > 0 && final_loss == 0.0) final_loss = unreported_loss / static_cast<double>(unreported);
+    std::cout << "Finished Training\n";
+    const double images_per_sec = images / seconds;
+    std::printf("trained %zu images in %.2f s: %.0f images/s\n", images, seconds, images_per_sec);
+    if (!args.save_weights.empty()) ds::io::save_weights<Net>(args.save_weights, engine->parameters());
+
+    // Test: every test image, in batches of the micro-batch size.
+    engine->eval();
+    std::vector<std::size_t> correct(classes), total(classes);
+    const std::size_t batch = static_cast<std::size_t>(engine->train_micro_batch_size_per_gpu());
+    std::vector<float> inputs(batch * Net::input_shape::size);
+    for (std::size_t first = 0; first < data.test.size(); first += batch) {
+        const std::size_t n = std::min(batch, data.test.size() - first);
+        std::vector<std::int32_t> labels(n);
+        for (std::size_t j = 0; j < n; ++j)
+            labels[j] = data.test.get(first + j, inputs.data() + j * Net::input_shape::size);
+        const auto outputs = engine->forward({inputs.data(), n * Net::input_shape::size});
+        for (std::size_t j = 0; j < n; ++j) {
+            const float* row = outputs.data() + j * classes;
+            const auto predicted = static_cast<std::int32_t>(std::max_element(row, row + classes) - row);
+            ++total[labels[j]];
+            if (predicted == labels[j]) ++correct[labels[j]];
+        }
+    }
+    std::size_t all_correct = 0;
+    for (auto c : correct) all_correct += c;
+    const double accuracy = 100.0 * all_correct / data.test.size();
+    std::printf("Accuracy of the network on the %zu test images: %d %%\n", data.test.size(),
+                static_cast<int>(100 * all_correct / data.test.size()));
+    nlohmann::ordered_json class_accuracy = nlohmann::ordered_json::object();
+    for (std::size_t c = 0; c < classes; ++c) {
+        const double pct = total[c] ? 100.0 * correct[c] / total[c] : 0.0;
+        std::printf("Accuracy of %5s : %2d %%\n", data.test.class_names[c].c_str(), static_cast<int>(pct));
+        class_accuracy[data.test.class_names[c]] = pct;
+    }
+
+    if (!args.metrics_json.empty()) {
+        const nlohmann::ordered_json metrics{
+            {"final_loss", final_loss},
+            {"test_accuracy", accuracy},
+            {"class_accuracy", class_accuracy},
+            {"steps", engine->global_steps()},
+            {"skipped_steps", engine->skipped_steps()},
+            {"images_per_sec", images_per_sec},
+            {"params", Net::param_count},
+            {"world_size", engine->world_size()},
+            {"dtype", std::string(binary_dtype)},
+            {"zero_stage", binary_stage},
+            {"dataset", data.train.name},
+            {"train_seconds", seconds},
+            {"micro_batch", engine->train_micro_batch_size_per_gpu()},
+        };
+        std::ofstream(args.metrics_json) << metrics.dump(2) << "\n";
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        const auto args = cifar10::parse_args(argc, argv);
+        if (args.help) {
+            std::cout << "usage: " << binary_name(binary_dtype, binary_stage) << " [flags]\n" << cifar10::usage_text;
+            return 0;
+        }
+        const ds::Config cfg = resolve_config(args);
+        if (args.threads) openblas_set_num_threads(*args.threads);
+        const Splits data = load_data(args);
+        std::cout << "dataset: " << data.train.name << " (" << data.train.channels << "x" << data.train.height << "x"
+                  << data.train.width << ", " << data.train.size() << " train, " << data.test.size() << " test)\n";
+        if (data.train.channels == 3 && data.train.height == 32) return train_and_test<cifar10::CifarNet>(args, cfg, data);
+        if (data.train.channels == 1 && data.train.height == 28)
+            return train_and_test<cifar10::FashionMnistNet>(args, cfg, data);
+        throw std::invalid_argument("no Net is built for " + std::to_string(data.train.channels) + "x" +
+                                    std::to_string(data.train.height) + "x" + std::to_string(data.train.width) + " images");
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 2;
+    }
+}

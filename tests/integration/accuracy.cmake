@@ -1,0 +1,11 @@
+# Runs COMMAND, then reads test_accuracy from the METRICS JSON file and requires >= MIN_ACCURACY.
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "exit code ${rc}:\n${out}\n${err}")
+endif()
+file(READ "${METRICS}" json)
+string(JSON accuracy GET "${json}" test_accuracy)
+message(STATUS "test_accuracy ${accuracy} (need >= ${MIN_ACCURACY})\n${out}")
+if(accuracy LESS MIN_ACCURACY)
+  message(FATAL_ERROR "test accuracy ${accuracy} % is below ${MIN_ACCURACY} %")
+endif()

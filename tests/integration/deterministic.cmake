@@ -1,0 +1,26 @@
+# Two runs from the same --init-weights with --no-shuffle print bit-identical losses.
+#   BINARY, WORK_DIR
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+set(common --dataset synthetic --no-shuffle --log-interval 25 --threads 1)
+execute_process(COMMAND "${BINARY}" ${common} --epochs 0 --save-weights "${WORK_DIR}/w.safetensors"
+                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "saving initial weights failed: ${err}")
+endif()
+foreach(run 1 2)
+  execute_process(COMMAND "${BINARY}" ${common} --max-steps 300 --seed ${run} --init-weights "${WORK_DIR}/w.safetensors"
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out_${run} ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "run ${run} failed: ${err}")
+  endif()
+  string(REGEX MATCHALL "loss: +[-0-9.]+" losses_${run} "${out_${run}}")
+endforeach()
+list(LENGTH losses_1 n)
+if(n LESS 12)
+  message(FATAL_ERROR "expected 12 loss lines, got ${n}:\n${out_1}")
+endif()
+if(NOT losses_1 STREQUAL losses_2)
+  message(FATAL_ERROR "losses differ:\n${losses_1}\n${losses_2}")
+endif()
+message(STATUS "identical: ${losses_1}")

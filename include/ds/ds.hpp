@@ -16,8 +16,9 @@
 #include <ds/data/distributed_sampler.hpp>
 #include <ds/data/idx.hpp>
 #include <ds/data/synthetic.hpp>
+#include <ds/device/cpu/conv_kernels.hpp>
 #include <ds/device/cpu/gemm.hpp>
-#include <ds/device/cpu/im2col.hpp>
+#include <ds/device/cpu/simd.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>

@@ -42,7 +42,8 @@ struct ImageDataset {
     std::size_t sample_size() const { return channels * height * width; }
     std::int32_t get(std::size_t i, float* out) const {
         const std::uint8_t* image = pixels.data() + i * sample_size();
-        for (std::size_t j = 0; j < sample_size(); ++j) out[j] = static_cast<float>(image[j]) * (2.0f / 255.0f) - 1.0f;
+        // (x / 255 - 0.5) / 0.5, written so that 0 and 255 map to exactly -1 and 1 even with FMA.
+        for (std::size_t j = 0; j < sample_size(); ++j) out[j] = (static_cast<float>(image[j]) - 127.5f) / 127.5f;
         return labels[i];
     }
 };

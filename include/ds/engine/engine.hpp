@@ -16,6 +16,7 @@
 #include <ds/config/check.hpp>
 #include <ds/config/config.hpp>
 #include <ds/config/json.hpp>
+#include <ds/device/cpu/simd.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/nn/cross_entropy.hpp>
@@ -205,12 +206,7 @@ private:
     float* params() { return weights_[0]; }
     float* grads() { return weights_[1]; }
 
-    double gradient_norm() const {
-        const float* g = weights_[1];
-        double sum = 0.0;
-        for (std::size_t i = 0; i < param_count; ++i) sum += static_cast<double>(g[i]) * g[i];
-        return std::sqrt(sum);
-    }
+    double gradient_norm() const { return std::sqrt(cpu::sum_of_squares(weights_[1], param_count)); }
 
     void take_model_step() {
         global_grad_norm_ = gradient_norm();

@@ -8,15 +8,15 @@
 #include <cstddef>
 #include <vector>
 
-#include <ds/device/cpu/gemm.hpp>
-#include <ds/device/cpu/im2col.hpp>
+#include <ds/device/cpu/conv_kernels.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
 namespace ds::nn {
 
 /// 2-D convolution over an `In`-channel image with `Out` filters of K × K, weight
-/// [Out, In, K, K] and bias [Out] as in PyTorch. Computed per image as im2col + one GEMM.
+/// [Out, In, K, K] and bias [Out] as in PyTorch. Computed image by image with the direct
+/// kernels of `ds::cpu::conv`, which pick their vector layout from the shapes.
 template <std::size_t In, std::size_t Out, std::size_t K>
 struct Conv2d {
     template <class Input>
@@ -26,32 +26,42 @@ struct Conv2d {
     struct Bound<Image<C, H, W>> {
         static_assert(C == In, "ds::nn::Conv2d<In, Out, K>: In must equal the input's channel count");
         static_assert(H >= K && W >= K, "ds::nn::Conv2d<In, Out, K>: the kernel is larger than the image");
-        static constexpr std::size_t out_h = H - K + 1, out_w = W - K + 1;
-        static constexpr std::size_t pixels = out_h * out_w;  // per output channel
-        static constexpr std::size_t patch = In * K * K;      // GEMM inner dimension
+        using shape = cpu::conv::Shape<C, Out, K, H, W>;
+        // The input gradient is a convolution of the output gradient, zero-padded by K − 1.
+        using grad_shape = cpu::conv::Shape<Out, C, K, H + K - 1, W + K - 1>;
+        static constexpr std::size_t out_h = shape::out_h, out_w = shape::out_w, pixels = out_h * out_w;
+        static constexpr std::size_t filter = C * K * K;
         using input_shape = Image<C, H, W>;
         using output_shape = Image<Out, out_h, out_w>;
         static constexpr std::array<ParamSpec, 2> params{
             {{"weight", {4, {Out, In, K, K}}}, {"bias", {1, {Out}}}}};
-        static constexpr std::size_t weight_offset = 0, bias_offset = Out * patch;
+        static constexpr std::size_t weight_offset = 0, bias_offset = Out * filter;
 
-        std::vector<float> col = std::vector<float>(patch * pixels);
-
-        void reserve(std::size_t /*max_batch*/) {}
+        void reserve(std::size_t /*max_batch*/) {
+            padded_in_.resize(C * H * shape::padded_w);
+            padded_grad_.resize(Out * (H + K - 1) * grad_shape::padded_w);
+            weights_.resize(Out * filter);
+            weight_grads_.resize(Out * filter);
+            grad_rows_.resize(Out * out_h * std::max(shape::padded_out_w, out_w));
+        }
 
         /// PyTorch's default: U(±1/√(In·K·K)) for weight (kaiming-uniform, a = √5) and bias.
         static void init(float* w, Rng& rng) {
-            const float bound = 1.0f / std::sqrt(static_cast<float>(patch));
-            for (std::size_t i = 0; i < Out * patch + Out; ++i) w[i] = rng.uniform(-bound, bound);
+            const float bound = 1.0f / std::sqrt(static_cast<float>(filter));
+            for (std::size_t i = 0; i < Out * filter + Out; ++i) w[i] = rng.uniform(-bound, bound);
         }
 
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
+            if constexpr (shape::channels_in_lanes) to_channels_last(w, weights_.data());
             for (std::size_t b = 0; b < batch; ++b) {
+                const float* image = x + b * input_shape::size;
                 float* out = y + b * output_shape::size;
-                for (std::size_t o = 0; o < Out; ++o) std::fill_n(out + o * pixels, pixels, w[bias_offset + o]);
-                cpu::im2col(x + b * input_shape::size, C, H, W, K, col.data());
-                cpu::gemm(cpu::Op::none, cpu::Op::none, Out, pixels, patch, 1.0f, w, patch, col.data(), pixels, 1.0f,
-                          out, pixels);
+                if constexpr (shape::channels_in_lanes) {
+                    cpu::conv::forward_o<C, Out, K, H, W>(image, weights_.data(), w + bias_offset, out);
+                } else {
+                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, padded_in_.data());
+                    cpu::conv::forward_x<C, Out, K, H, W>(padded_in_.data(), w, w + bias_offset, out);
+                }
             }
         }
 
@@ -59,25 +69,56 @@ struct Conv2d {
         void backward(const float* x, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
                       float* dw) {
             float* db = dw + bias_offset;
+            if constexpr (shape::channels_in_lanes) std::fill(weight_grads_.begin(), weight_grads_.end(), 0.0f);
+            if (dx) flip(w, weights_.data());
             for (std::size_t b = 0; b < batch; ++b) {
+                const float* image = x + b * input_shape::size;
                 const float* grad_out = dy + b * output_shape::size;
-                for (std::size_t o = 0; o < Out; ++o) {
-                    float sum = 0.0f;
-                    for (std::size_t p = 0; p < pixels; ++p) sum += grad_out[o * pixels + p];
-                    db[o] += sum;
+                for (std::size_t o = 0; o < Out; ++o) db[o] += cpu::sum(grad_out + o * pixels, pixels);
+                if constexpr (shape::channels_in_lanes) {
+                    for (std::size_t p = 0; p < pixels; ++p)  // [O][pixels] -> [pixels][O]
+                        for (std::size_t o = 0; o < Out; ++o) grad_rows_[p * Out + o] = grad_out[o * pixels + p];
+                    cpu::conv::weight_grad_o<C, Out, K, H, W>(image, grad_rows_.data(), weight_grads_.data());
+                } else {
+                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, padded_in_.data());
+                    cpu::conv::pad_rows(grad_out, Out * out_h, out_w, shape::padded_out_w, grad_rows_.data());
+                    cpu::conv::weight_grad_x<C, Out, K, H, W>(padded_in_.data(), grad_rows_.data(), dw);
                 }
-                cpu::im2col(x + b * input_shape::size, C, H, W, K, col.data());
-                cpu::gemm(cpu::Op::none, cpu::Op::transpose, Out, patch, pixels, 1.0f, grad_out, pixels, col.data(),
-                          pixels, 1.0f, dw, patch);
-                if (dx) {
-                    cpu::gemm(cpu::Op::transpose, cpu::Op::none, patch, pixels, Out, 1.0f, w, patch, grad_out, pixels,
-                              0.0f, col.data(), pixels);
-                    float* grad_in = dx + b * input_shape::size;
-                    std::fill_n(grad_in, input_shape::size, 0.0f);
-                    cpu::col2im(col.data(), C, H, W, K, grad_in);
-                }
+                if (dx) input_grad(grad_out, dx + b * input_shape::size);
             }
+            if constexpr (shape::channels_in_lanes) add_from_channels_last(weight_grads_.data(), dw);
         }
+
+    private:
+        /// w[o][c][i][j] -> t[c][i][j][o]
+        static void to_channels_last(const float* w, float* t) {
+            for (std::size_t o = 0; o < Out; ++o)
+                for (std::size_t f = 0; f < filter; ++f) t[f * Out + o] = w[o * filter + f];
+        }
+        static void add_from_channels_last(const float* t, float* dw) {
+            for (std::size_t o = 0; o < Out; ++o)
+                for (std::size_t f = 0; f < filter; ++f) dw[o * filter + f] += t[f * Out + o];
+        }
+        /// w[o][c][i][j] -> f[c][o][K-1-i][K-1-j]: the weights of the input-gradient convolution.
+        static void flip(const float* w, float* f) {
+            for (std::size_t o = 0; o < Out; ++o)
+                for (std::size_t c = 0; c < C; ++c)
+                    for (std::size_t i = 0; i < K; ++i)
+                        for (std::size_t j = 0; j < K; ++j)
+                            f[((c * Out + o) * K + (K - 1 - i)) * K + (K - 1 - j)] = w[((o * C + c) * K + i) * K + j];
+        }
+        /// dx = the output gradient, zero-padded by K − 1 on every side, convolved with the flipped weights.
+        void input_grad(const float* grad_out, float* grad_in) {
+            constexpr std::size_t ph = H + K - 1, stride = grad_shape::padded_w;
+            std::fill(padded_grad_.begin(), padded_grad_.end(), 0.0f);
+            for (std::size_t o = 0; o < Out; ++o)
+                for (std::size_t r = 0; r < out_h; ++r)
+                    std::copy_n(grad_out + (o * out_h + r) * out_w, out_w,
+                                padded_grad_.data() + (o * ph + r + K - 1) * stride + K - 1);
+            cpu::conv::forward_x<Out, C, K, H + K - 1, W + K - 1>(padded_grad_.data(), weights_.data(), nullptr, grad_in);
+        }
+
+        std::vector<float> padded_in_, padded_grad_, weights_, weight_grads_, grad_rows_;
     };
 };
 

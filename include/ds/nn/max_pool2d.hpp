@@ -41,16 +41,17 @@ struct MaxPool2d {
                 std::uint8_t* arg = argmax.data() + plane * out_h * out_w;
                 for (std::size_t oy = 0; oy < out_h; ++oy)
                     for (std::size_t ox = 0; ox < out_w; ++ox) {
-                        float best = in[(oy * S) * W + ox * S];
+                        const float* window = in + (oy * S) * W + ox * S;
+                        float best = window[0];
                         std::uint8_t where = 0;
-                        for (std::size_t i = 0; i < S; ++i)
-                            for (std::size_t j = 0; j < S; ++j) {
-                                const float v = in[(oy * S + i) * W + ox * S + j];
-                                if (v > best || v != v) {  // NaN propagates, as in PyTorch
-                                    best = v;
-                                    where = static_cast<std::uint8_t>(i * S + j);
-                                }
-                            }
+#pragma GCC unroll 16
+                        for (std::size_t k = 1; k < S * S; ++k) {
+                            const float v = window[(k / S) * W + k % S];
+                            // The first maximum wins; NaN propagates, as in PyTorch.
+                            const bool take = v > best || v != v;
+                            best = take ? v : best;
+                            where = take ? static_cast<std::uint8_t>(k) : where;
+                        }
                         out[oy * out_w + ox] = best;
                         arg[oy * out_w + ox] = where;
                     }

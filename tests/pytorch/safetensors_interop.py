@@ -13,29 +13,13 @@ from pathlib import Path
 
 try:
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
 except ImportError as e:
     print(f"skipped: {e}")
     sys.exit(77)
 
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.conv1(x)))
-        x = self.pool(F.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "cifar10"))
+from pytorch_net import Net  # noqa: E402
 
 
 def run(binary, *args):

@@ -42,3 +42,13 @@ if(NOT TARGET dspp::zlib)
     set_target_properties(dspp::zlib PROPERTIES INTERFACE_LINK_LIBRARIES ZLIB::ZLIB)
   endif()
 endif()
+
+# MPI for the multi-rank communicator (ds/comm/mpi.hpp). Optional: without it (DSPP_MPI=OFF
+# or not found) the in-process communicators still work.
+if(NOT TARGET dspp::mpi AND (NOT DEFINED DSPP_MPI OR DSPP_MPI))
+  find_package(MPI QUIET COMPONENTS CXX)
+  if(MPI_CXX_FOUND)
+    add_library(dspp::mpi INTERFACE IMPORTED GLOBAL)
+    set_target_properties(dspp::mpi PROPERTIES INTERFACE_LINK_LIBRARIES MPI::MPI_CXX)
+  endif()
+endif()

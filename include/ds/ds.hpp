@@ -1,7 +1,15 @@
 #pragma once
 /// @file
-/// The whole public API of dspp.
+/// The whole public API of dspp. Parts that need MPI, OpenBLAS or zlib are included
+/// when their headers are on the include path.
 
+#include <ds/comm/communicator.hpp>
+#include <ds/comm/distributed.hpp>
+#if __has_include(<mpi.h>)
+#include <ds/comm/mpi.hpp>
+#endif
+#include <ds/comm/single.hpp>
+#include <ds/comm/threads.hpp>
 #include <ds/config/check.hpp>
 #include <ds/config/check_result.hpp>
 #include <ds/config/config.hpp>
@@ -14,10 +22,14 @@
 #include <ds/data/data_loader.hpp>
 #include <ds/data/dataset.hpp>
 #include <ds/data/distributed_sampler.hpp>
+#if __has_include(<zlib.h>)
 #include <ds/data/idx.hpp>
+#endif
 #include <ds/data/synthetic.hpp>
 #include <ds/device/cpu/conv_kernels.hpp>
+#if __has_include(<cblas.h>)
 #include <ds/device/cpu/gemm.hpp>
+#endif
 #include <ds/device/cpu/simd.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/engine/flat_buffers.hpp>
@@ -28,7 +40,9 @@
 #include <ds/nn/conv2d.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/nn/flatten.hpp>
+#if __has_include(<cblas.h>)
 #include <ds/nn/linear.hpp>
+#endif
 #include <ds/nn/max_pool2d.hpp>
 #include <ds/nn/relu.hpp>
 #include <ds/nn/sequential.hpp>

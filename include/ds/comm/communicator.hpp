@@ -1,0 +1,81 @@
+#pragma once
+/// @file
+/// The `ds::comm::communicator` concept: collectives between the ranks of a group.
+
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace ds::comm {
+
+/// How `all_reduce` and `reduce_scatter` combine values.
+enum class ReduceOp { sum, max };
+
+/// The collective operations, as counted in `CommCounters`.
+enum class Op { all_reduce, reduce_scatter, all_gather, broadcast, all_to_all };
+inline constexpr std::array<std::string_view, 5> op_names{"all_reduce", "reduce_scatter", "all_gather", "broadcast",
+                                                          "all_to_all"};
+
+/// Elements moved per operation, in the ZeRO paper's units, so that a data-parallel step
+/// over Ψ parameters reads 2Ψ: an all-reduce of n elements counts 2n (a reduce-scatter
+/// plus an all-gather); a reduce-scatter, all-gather or all-to-all over a buffer of n
+/// elements in total counts n; a broadcast of n counts n. Counted on every rank, for every
+/// call, whatever the world size, so the figures are a property of the algorithm.
+struct CommCounters {
+    std::array<std::uint64_t, 5> elements{};
+    std::array<std::uint64_t, 5> calls{};
+
+    void add(Op op, std::uint64_t n) {
+        elements[static_cast<std::size_t>(op)] += n;
+        ++calls[static_cast<std::size_t>(op)];
+    }
+    std::uint64_t operator[](Op op) const { return elements[static_cast<std::size_t>(op)]; }
+    std::uint64_t total() const {
+        std::uint64_t t = 0;
+        for (auto e : elements) t += e;
+        return t;
+    }
+};
+
+/// A finished operation: communicators that complete their "asynchronous" calls before
+/// returning hand this back, so waiting is free. Ordering and results are the blocking call's.
+struct Completed {
+    void wait() const {}
+};
+
+/// Ranks that run collectives together.
+///
+/// A model provides `rank()`, `size()`, `counters()` and, for element types float, double,
+/// std::int32_t and std::uint8_t:
+/// - `all_reduce(buf, n, op)`: in place; every rank ends with the same values;
+/// - `reduce_scatter(in, out, n)`: `in` holds size()·n values, rank r gets the reduction of
+///   block r in `out` (n values);
+/// - `all_gather(in, out, n)`: rank r's n values land in block r of every rank's `out`;
+/// - `broadcast(buf, n, root)`; `all_to_all(in, out, n)`: block r of rank k's `in` becomes
+///   block k of rank r's `out`; `barrier()`;
+/// - `split(color, key)`: the sub-group of ranks with the same color, ordered by key;
+/// - `all_reduce_async(...)` etc.: start the operation, return a handle whose `wait()`
+///   completes it; the buffers must stay untouched until then.
+///
+/// Laws: every rank calls the same collectives in the same order; reductions are
+/// deterministic (the same inputs give bit-identical results on every rank and run).
+template <class C>
+concept communicator = requires(C& c, const C& cc, float* buf, const float* in, std::size_t n, int root) {
+    { cc.rank() } -> std::convertible_to<int>;
+    { cc.size() } -> std::convertible_to<int>;
+    { cc.counters() } -> std::convertible_to<const CommCounters&>;
+    c.all_reduce(buf, n, ReduceOp::sum);
+    c.reduce_scatter(in, buf, n, ReduceOp::sum);
+    c.all_gather(in, buf, n);
+    c.broadcast(buf, n, root);
+    c.all_to_all(in, buf, n);
+    c.barrier();
+    { c.split(0, 0) } -> std::same_as<C>;
+    c.all_reduce_async(buf, n, ReduceOp::sum).wait();
+    c.reduce_scatter_async(in, buf, n, ReduceOp::sum).wait();
+    c.all_gather_async(in, buf, n).wait();
+};
+
+}  // namespace ds::comm

@@ -1,0 +1,209 @@
+#pragma once
+/// @file
+/// `ds::comm::Mpi`: collectives over OpenMPI, for ranks launched with `mpirun`.
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <mpi.h>
+
+#include <ds/comm/communicator.hpp>
+
+namespace ds::comm {
+
+/// An MPI call failed: the error names the call and MPI's message.
+class MpiError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+inline void mpi_check(int code, const char* call) {
+    if (code == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    MPI_Error_string(code, text, &length);
+    throw MpiError(std::string(call) + " failed: " + std::string(text, static_cast<std::size_t>(length)));
+}
+
+template <class T>
+MPI_Datatype mpi_type() {
+    if constexpr (std::is_same_v<T, float>) return MPI_FLOAT;
+    else if constexpr (std::is_same_v<T, double>) return MPI_DOUBLE;
+    else if constexpr (std::is_same_v<T, std::int32_t>) return MPI_INT32_T;
+    else if constexpr (std::is_same_v<T, std::int64_t>) return MPI_INT64_T;
+    else if constexpr (std::is_same_v<T, std::uint8_t>) return MPI_UINT8_T;
+    else static_assert(sizeof(T) == 0, "ds::comm::Mpi: no MPI datatype for this element type");
+}
+
+inline MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+}  // namespace detail
+
+#define DS_MPI_CHECK(call) ::ds::comm::detail::mpi_check((call), #call)
+
+/// MPI_Init_thread (with MPI_THREAD_MULTIPLE, so a communication thread can overlap
+/// reductions with backward) and MPI_Finalize, once per process.
+class MpiSession {
+public:
+    MpiSession(int* argc = nullptr, char*** argv = nullptr) {
+        int initialized = 0;
+        MPI_Initialized(&initialized);
+        if (initialized) return;
+        int provided = 0;
+        DS_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
+        owner_ = true;
+        thread_level_ = provided;
+    }
+    ~MpiSession() {
+        if (owner_) MPI_Finalize();
+    }
+    MpiSession(const MpiSession&) = delete;
+    MpiSession& operator=(const MpiSession&) = delete;
+    bool thread_multiple() const { return thread_level_ >= MPI_THREAD_MULTIPLE; }
+
+private:
+    bool owner_ = false;
+    int thread_level_ = MPI_THREAD_MULTIPLE;
+};
+
+/// A non-blocking MPI collective in flight; `wait()` completes it (and so does destruction).
+class MpiRequest {
+public:
+    MpiRequest() = default;
+    explicit MpiRequest(MPI_Request r) : request_(r) {}
+    MpiRequest(MpiRequest&& other) noexcept : request_(std::exchange(other.request_, MPI_REQUEST_NULL)) {}
+    MpiRequest& operator=(MpiRequest&& other) noexcept {
+        if (this != &other) {
+            finish();
+            request_ = std::exchange(other.request_, MPI_REQUEST_NULL);
+        }
+        return *this;
+    }
+    ~MpiRequest() { finish(); }
+    void wait() {
+        if (request_ != MPI_REQUEST_NULL) DS_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+    }
+
+private:
+    void finish() noexcept {
+        if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
+    }
+    MPI_Request request_ = MPI_REQUEST_NULL;
+};
+
+/// A communicator over an MPI communicator (MPI_COMM_WORLD by default). Needs a live
+/// `MpiSession`. Owns communicators it creates with `split` and frees them.
+class Mpi {
+public:
+    Mpi() : Mpi(MPI_COMM_WORLD, false) {}
+    Mpi(Mpi&& other) noexcept
+        : comm_(std::exchange(other.comm_, MPI_COMM_NULL)), owned_(std::exchange(other.owned_, false)),
+          rank_(other.rank_), size_(other.size_), counters_(other.counters_) {}
+    Mpi& operator=(Mpi&& other) noexcept {
+        if (this != &other) {
+            release();
+            comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
+            owned_ = std::exchange(other.owned_, false);
+            rank_ = other.rank_;
+            size_ = other.size_;
+            counters_ = other.counters_;
+        }
+        return *this;
+    }
+    ~Mpi() { release(); }
+
+    int rank() const { return rank_; }
+    int size() const { return size_; }
+    const CommCounters& counters() const { return counters_; }
+    void reset_counters() { counters_ = {}; }
+    MPI_Comm native() const { return comm_; }
+
+    template <class T>
+    void all_reduce(T* buf, std::size_t n, ReduceOp op) {
+        counters_.add(Op::all_reduce, 2 * n);
+        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+    }
+    template <class T>
+    void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
+        counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
+        DS_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+    }
+    template <class T>
+    void all_gather(const T* in, T* out, std::size_t n) {
+        counters_.add(Op::all_gather, n * static_cast<std::size_t>(size_));
+        const void* source = in == out + static_cast<std::size_t>(rank_) * n ? MPI_IN_PLACE : in;
+        DS_MPI_CHECK(MPI_Allgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_));
+    }
+    template <class T>
+    void broadcast(T* buf, std::size_t n, int root) {
+        counters_.add(Op::broadcast, n);
+        DS_MPI_CHECK(MPI_Bcast(buf, count(n), detail::mpi_type<T>(), root, comm_));
+    }
+    template <class T>
+    void all_to_all(const T* in, T* out, std::size_t n) {
+        counters_.add(Op::all_to_all, n * static_cast<std::size_t>(size_));
+        DS_MPI_CHECK(MPI_Alltoall(in, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_));
+    }
+    void barrier() { DS_MPI_CHECK(MPI_Barrier(comm_)); }
+
+    /// MPI_Comm_split: the ranks with the same color, ordered by key.
+    Mpi split(int color, int key) {
+        MPI_Comm sub = MPI_COMM_NULL;
+        DS_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+        return Mpi(sub, true);
+    }
+
+    template <class T>
+    MpiRequest all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
+        counters_.add(Op::all_reduce, 2 * n);
+        MPI_Request r;
+        DS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+        return MpiRequest(r);
+    }
+    template <class T>
+    MpiRequest reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
+        counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
+        MPI_Request r;
+        DS_MPI_CHECK(
+            MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+        return MpiRequest(r);
+    }
+    template <class T>
+    MpiRequest all_gather_async(const T* in, T* out, std::size_t n) {
+        counters_.add(Op::all_gather, n * static_cast<std::size_t>(size_));
+        MPI_Request r;
+        const void* source = in == out + static_cast<std::size_t>(rank_) * n ? MPI_IN_PLACE : in;
+        DS_MPI_CHECK(
+            MPI_Iallgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_, &r));
+        return MpiRequest(r);
+    }
+
+private:
+    Mpi(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+        DS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+        DS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    }
+    static int count(std::size_t n) {
+        if (n > static_cast<std::size_t>(INT32_MAX)) throw MpiError("ds::comm::Mpi: a message over 2^31 elements");
+        return static_cast<int>(n);
+    }
+    void release() noexcept {
+        if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+        owned_ = false;
+    }
+
+    MPI_Comm comm_ = MPI_COMM_NULL;
+    bool owned_ = false;
+    int rank_ = 0, size_ = 1;
+    CommCounters counters_;
+};
+
+static_assert(communicator<Mpi>);
+
+}  // namespace ds::comm

@@ -1,0 +1,99 @@
+// Communicators in one process: the threaded world (N = 1, 2, 4) and the single rank keep
+// the collective laws (tests/common/collective_laws.hpp); plus the launcher environment.
+// doctest's assertions may be used from the threads a test case starts.
+#include <cstdlib>
+#include <cmath>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include <ds/comm/distributed.hpp>
+#include <ds/comm/single.hpp>
+#include <ds/comm/threads.hpp>
+
+#include "common/collective_laws.hpp"
+
+TEST_SUITE("comm") {
+
+TEST_CASE("the threaded communicator keeps the collective laws on 1, 2 and 4 ranks") {
+    for (int n : {1, 2, 4}) ds::comm::run_ranks(n, [](ds::comm::Threads& comm) { laws::check_collectives(comm); });
+}
+
+TEST_CASE("the single-rank communicator keeps the collective laws") {
+    ds::comm::Single single;
+    laws::check_collectives(single);
+}
+
+TEST_CASE("expert groups: blocked expert-parallel, strided expert-data-parallel") {
+    ds::comm::run_ranks(4, [](ds::comm::Threads& world) {
+        laws::check_expert_groups(world, 2);
+        laws::check_expert_groups(world, 4);
+        laws::check_expert_groups(world, 1);
+    });
+    ds::comm::run_ranks(2, [](ds::comm::Threads& world) {
+        CHECK_THROWS_AS(ds::comm::expert_groups(world, 3), std::invalid_argument);
+    });
+}
+
+TEST_CASE("threaded reductions are bit-identical on every rank, in rank order") {
+    // 0.1 + 1e8 − 1e8 + ... depends on the order; every rank must see the same bits.
+    std::vector<float> results(4);
+    ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
+        const float values[] = {0.1f, 1e8f, -1e8f, 0.3f};
+        float v = values[comm.rank()];
+        comm.all_reduce(&v, 1, ds::comm::ReduceOp::sum);
+        results[comm.rank()] = v;
+    });
+    CHECK(results[0] == ((0.1f + 1e8f) + -1e8f) + 0.3f);
+    for (float r : results) CHECK(r == results[0]);
+}
+
+TEST_CASE("max reductions let NaN through, so overflow checks see it") {
+    ds::comm::run_ranks(2, [](ds::comm::Threads& comm) {
+        float v = comm.rank() == 1 ? NAN : 1.0f;
+        comm.all_reduce(&v, 1, ds::comm::ReduceOp::max);
+        CHECK(std::isnan(v));
+    });
+}
+
+TEST_CASE("rank_zero_first runs rank 0's work before everyone else's") {
+    std::vector<int> order;
+    std::mutex m;
+    ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
+        ds::comm::rank_zero_first(comm, [&] {
+            std::lock_guard lock(m);
+            order.push_back(comm.rank());
+        });
+    });
+    REQUIRE(order.size() == 4);
+    CHECK(order[0] == 0);
+}
+
+TEST_CASE("init_distributed reads torchrun's and mpirun's variables") {
+    for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                          "OMPI_COMM_WORLD_LOCAL_RANK"})
+        unsetenv(v);
+    auto env = ds::comm::init_distributed();
+    CHECK(env.rank == 0);
+    CHECK(env.world_size == 1);
+    setenv("OMPI_COMM_WORLD_RANK", "3", 1);
+    setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+    setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1", 1);
+    env = ds::comm::init_distributed();
+    CHECK(env.rank == 3);
+    CHECK(env.world_size == 4);
+    CHECK(env.local_rank == 1);
+    setenv("RANK", "2", 1);
+    env = ds::comm::init_distributed();
+    CHECK(env.rank == 2);  // RANK wins over OpenMPI's
+    setenv("RANK", "9", 1);
+    CHECK_THROWS_AS(ds::comm::init_distributed(), std::invalid_argument);
+    setenv("RANK", "x", 1);
+    CHECK_THROWS_AS(ds::comm::init_distributed(), std::invalid_argument);
+    for (const char* v : {"RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"})
+        unsetenv(v);
+}
+
+}  // TEST_SUITE

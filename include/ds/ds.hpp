@@ -35,6 +35,7 @@
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/initialize.hpp>
+#include <ds/engine/partition.hpp>
 #include <ds/io/model_weights.hpp>
 #include <ds/io/safetensors.hpp>
 #include <ds/nn/conv2d.hpp>

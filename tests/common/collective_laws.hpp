@@ -43,6 +43,23 @@ void check_collectives(C& comm) {
         CHECK(out[i] == expected);
     }
 
+    // reduce_scatter_v: rank k gets k + 1 values.
+    std::vector<std::size_t> counts;
+    std::size_t total = 0, offset = 0;
+    for (int k = 0; k < n; ++k) {
+        if (k == r) offset = total;
+        counts.push_back(static_cast<std::size_t>(k) + 1);
+        total += counts.back();
+    }
+    std::vector<float> v_in(total), v_out(counts[r]);
+    for (std::size_t i = 0; i < total; ++i) v_in[i] = value(r, i);
+    comm.reduce_scatter_v(v_in.data(), v_out.data(), std::span<const std::size_t>(counts), ds::comm::ReduceOp::sum);
+    for (std::size_t i = 0; i < counts[r]; ++i) {
+        float expected = 0;
+        for (int k = 0; k < n; ++k) expected += value(k, offset + i);
+        CHECK(v_out[i] == expected);
+    }
+
     // all_gather, out of place and in place.
     std::vector<float> mine(len), gathered(len * n);
     for (std::size_t i = 0; i < len; ++i) mine[i] = value(r, i);
@@ -83,7 +100,7 @@ void check_collectives(C& comm) {
     // Counters, in the ZeRO paper's units.
     const auto& c = comm.counters();
     CHECK(c[ds::comm::Op::all_reduce] == 2 * len + 2 * 1 + 2 * len);
-    CHECK(c[ds::comm::Op::reduce_scatter] == len * n);
+    CHECK(c[ds::comm::Op::reduce_scatter] == len * n + total);
     CHECK(c[ds::comm::Op::all_gather] == 3 * len * n);
     CHECK(c[ds::comm::Op::broadcast] == 3);
     CHECK(c[ds::comm::Op::all_to_all] == 2u * n);

@@ -6,6 +6,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 namespace ds::comm {
@@ -51,7 +52,7 @@ struct Completed {
 /// std::int32_t and std::uint8_t:
 /// - `all_reduce(buf, n, op)`: in place; every rank ends with the same values;
 /// - `reduce_scatter(in, out, n)`: `in` holds size()·n values, rank r gets the reduction of
-///   block r in `out` (n values);
+///   block r in `out` (n values); `reduce_scatter_v(in, out, counts)` with a count per rank;
 /// - `all_gather(in, out, n)`: rank r's n values land in block r of every rank's `out`;
 /// - `broadcast(buf, n, root)`; `all_to_all(in, out, n)`: block r of rank k's `in` becomes
 ///   block k of rank r's `out`; `barrier()`;
@@ -68,6 +69,7 @@ concept communicator = requires(C& c, const C& cc, float* buf, const float* in, 
     { cc.counters() } -> std::convertible_to<const CommCounters&>;
     c.all_reduce(buf, n, ReduceOp::sum);
     c.reduce_scatter(in, buf, n, ReduceOp::sum);
+    c.reduce_scatter_v(in, buf, std::span<const std::size_t>{}, ReduceOp::sum);
     c.all_gather(in, buf, n);
     c.broadcast(buf, n, root);
     c.all_to_all(in, buf, n);

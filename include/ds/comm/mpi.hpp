@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <vector>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -133,6 +135,14 @@ public:
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
         DS_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+    }
+    template <class T>
+    void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        std::vector<int> ints(counts.size());
+        std::size_t total = 0;
+        for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
+        counters_.add(Op::reduce_scatter, total);
+        DS_MPI_CHECK(MPI_Reduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
     }
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {

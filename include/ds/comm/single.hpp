@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <span>
 
 #include <ds/comm/communicator.hpp>
 
@@ -26,6 +27,11 @@ public:
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp) {
         counters_.add(Op::reduce_scatter, n);
         if (in != out) std::copy_n(in, n, out);
+    }
+    template <class T>
+    void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp) {
+        counters_.add(Op::reduce_scatter, counts[0]);
+        if (in != out) std::copy_n(in, counts[0], out);
     }
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -87,6 +88,27 @@ public:
             const std::size_t at = static_cast<std::size_t>(rank_) * n + i;
             T acc = static_cast<const T*>(g.inputs[0])[at];
             for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<const T*>(g.inputs[k])[at], op);
+            out[i] = acc;
+        }
+        g.sync.arrive_and_wait();
+    }
+
+    /// Reduce-scatter with a count per rank: `in` holds Σ counts values, rank r gets the
+    /// reduction of its block (at offset Σ_{k<r} counts[k]) in `out`.
+    template <class T>
+    void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        std::size_t total = 0, offset = 0;
+        for (std::size_t k = 0; k < counts.size(); ++k) {
+            if (static_cast<int>(k) == rank_) offset = total;
+            total += counts[k];
+        }
+        counters_.add(Op::reduce_scatter, total);
+        auto& g = *group_;
+        g.inputs[rank_] = in;
+        g.sync.arrive_and_wait();
+        for (std::size_t i = 0; i < counts[rank_]; ++i) {
+            T acc = static_cast<const T*>(g.inputs[0])[offset + i];
+            for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<const T*>(g.inputs[k])[offset + i], op);
             out[i] = acc;
         }
         g.sync.arrive_and_wait();

@@ -160,25 +160,52 @@ public:
         }(std::make_index_sequence<layer_count>{});
     }
 
-    /// Runs the layers on `batch` samples at `x` (kept by pointer until `backward`).
+    /// Where layer I's parameters live in the flat buffer: [offset, offset + count).
+    struct LayerRange {
+        std::size_t offset, count;
+    };
+    static constexpr std::array<LayerRange, layer_count> layer_ranges = [] {
+        std::array<LayerRange, layer_count> r{};
+        for (std::size_t i = 0; i < layer_count; ++i) r[i] = {layer_offsets[i], layer_offsets[i + 1] - layer_offsets[i]};
+        return r;
+    }();
+
+    /// Runs the layers on `batch` samples at `x` (kept by pointer until `backward`) with
+    /// parameters from one flat buffer.
     /// @returns the output, `batch × output_shape::size` values owned by the model
     const float* forward(const float* x, std::size_t batch, const float* params) {
-        input_ = x;
-        [&]<std::size_t... I>(std::index_sequence<I...>) {
-            (std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch, params + layer_offsets[I]),
-             ...);
-        }(std::make_index_sequence<layer_count>{});
-        batch_ = batch;
-        return activations_[layer_count - 1].data();
+        FlatHooks hooks{params, nullptr};
+        return forward(x, batch, hooks);
     }
 
     /// Backward from d loss / d output of the last `forward`, adding parameter gradients
     /// into `grads` (same layout as the parameters). No gradient is formed for the input.
     void backward(const float* grad_output, const float* params, float* grads) {
+        FlatHooks hooks{params, grads};
+        backward(grad_output, hooks);
+    }
+
+    /// Forward with the parameters supplied layer by layer: `hooks.parameters(range)` returns
+    /// the layer's parameters (ZeRO-3 gathers them there), `hooks.forward_done(range)`
+    /// follows the layer (and may release them). Layers without parameters are not announced.
+    template <class Hooks>
+    const float* forward(const float* x, std::size_t batch, Hooks& hooks) {
+        input_ = x;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (forward_layer<I>(batch, hooks), ...);
+        }(std::make_index_sequence<layer_count>{});
+        batch_ = batch;
+        return activations_[layer_count - 1].data();
+    }
+
+    /// Backward with per-layer hooks: `hooks.parameters(range)` and `hooks.gradients(range)`
+    /// give the layer's parameters and the buffer its gradients are added to;
+    /// `hooks.backward_done(range)` follows the layer: its gradient is complete for this
+    /// micro-batch (ZeRO-2/3 reduce it there, overlapping the layers still to come).
+    template <class Hooks>
+    void backward(const float* grad_output, Hooks& hooks) {
         std::copy_n(grad_output, batch_ * output_shape::size, grad_a_.data());
-        float* dy = grad_a_.data();
-        float* dx = grad_b_.data();
-        backward_from<layer_count - 1>(dy, dx, params, grads);
+        backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
     }
 
     /// The activations of layer I after `forward` (for tests and inspection).
@@ -194,11 +221,37 @@ private:
         else return activations_[I - 1].data();
     }
 
-    template <std::size_t I>
-    void backward_from(float* dy, float* dx, const float* params, float* grads) {
-        std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_,
-                                      params + layer_offsets[I], grads + layer_offsets[I]);
-        if constexpr (I > 0) backward_from<I - 1>(dx, dy, params, grads);
+    /// Hooks over one flat parameter buffer and one flat gradient buffer.
+    struct FlatHooks {
+        const float* params;
+        float* grads;
+        const float* parameters(LayerRange r) { return params + r.offset; }
+        float* gradients(LayerRange r) { return grads + r.offset; }
+        void forward_done(LayerRange) {}
+        void backward_done(LayerRange) {}
+    };
+
+    template <std::size_t I, class Hooks>
+    void forward_layer(std::size_t batch, Hooks& hooks) {
+        constexpr LayerRange range = layer_ranges[I];
+        const float* w = nullptr;
+        if constexpr (range.count > 0) w = hooks.parameters(range);
+        std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch, w);
+        if constexpr (range.count > 0) hooks.forward_done(range);
+    }
+
+    template <std::size_t I, class Hooks>
+    void backward_from(float* dy, float* dx, Hooks& hooks) {
+        constexpr LayerRange range = layer_ranges[I];
+        const float* w = nullptr;
+        float* dw = nullptr;
+        if constexpr (range.count > 0) {
+            w = hooks.parameters(range);
+            dw = hooks.gradients(range);
+        }
+        std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w, dw);
+        if constexpr (range.count > 0) hooks.backward_done(range);
+        if constexpr (I > 0) backward_from<I - 1>(dx, dy, hooks);
     }
 
     layer_tuple layers_{};

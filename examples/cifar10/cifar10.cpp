@@ -118,7 +118,11 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     constexpr std::size_t classes = Net::output_shape::size;
     auto [engine, optimizer, trainloader, scheduler] =
         ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle});
-    if (!args.init_weights.empty()) ds::io::load_weights<Net>(args.init_weights, engine->parameters());
+    if (!args.init_weights.empty()) {
+        std::vector<float> weights(Net::param_count);
+        ds::io::load_weights<Net>(args.init_weights, weights);
+        engine->set_full_parameters(weights);
+    }
     std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
               << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
               << Policies::device_policy::name << "; " << Net::param_count << " parameters; micro batch "
@@ -161,7 +165,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     std::cout << "Finished Training\n";
     const double images_per_sec = images / seconds;
     std::printf("trained %zu images in %.2f s: %.0f images/s\n", images, seconds, images_per_sec);
-    if (!args.save_weights.empty()) ds::io::save_weights<Net>(args.save_weights, engine->parameters());
+    if (!args.save_weights.empty()) ds::io::save_weights<Net>(args.save_weights, engine->full_parameters());
 
     // Test: every test image, in batches of the micro-batch size.
     engine->eval();

@@ -36,6 +36,7 @@
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/initialize.hpp>
 #include <ds/engine/partition.hpp>
+#include <ds/engine/zero_state.hpp>
 #include <ds/io/model_weights.hpp>
 #include <ds/io/safetensors.hpp>
 #include <ds/nn/conv2d.hpp>

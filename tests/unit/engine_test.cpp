@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include <ds/data/synthetic.hpp>
+#include <ds/comm/threads.hpp>
 #include <ds/engine/initialize.hpp>
 #include <ds/optim/sgd.hpp>
 
@@ -58,7 +59,7 @@ TEST_CASE("gradient accumulation: 2 micro-batches of 4 equal one batch of 8") {
     const Data data = make_data(8, 1);
     AdamEngine whole(adam_config(8, 1));
     AdamEngine accumulated(adam_config(4, 2));
-    REQUIRE(copy(whole.parameters()) == copy(accumulated.parameters()));  // same seed, same init
+    REQUIRE(whole.full_parameters() == accumulated.full_parameters());  // same seed, same init
 
     micro_step(whole, data, 0, 8);
     whole.step();
@@ -75,7 +76,7 @@ TEST_CASE("gradient accumulation: 2 micro-batches of 4 equal one batch of 8") {
     CHECK(accumulated.micro_steps() == 2);
     CHECK(scaled > 0);
 
-    const auto a = copy(whole.parameters()), b = copy(accumulated.parameters());
+    const auto a = whole.full_parameters(), b = accumulated.full_parameters();
     for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(a[i] == doctest::Approx(b[i]).epsilon(1e-4).scale(1e-6));
     CHECK(whole.get_global_grad_norm() == doctest::Approx(accumulated.get_global_grad_norm()).epsilon(1e-4));
 }
@@ -98,14 +99,14 @@ TEST_CASE("gradient clipping scales the whole gradient to the configured norm (S
     cfg.optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 1.0}};  // Δp = −g exactly
     cfg.gradient_clipping = 1e-3;
     SgdEngine engine(cfg);
-    const auto before = copy(engine.parameters());
+    const auto before = engine.full_parameters();
     micro_step(engine, data, 0, 8);
     const auto grads = copy(engine.gradients());
     engine.step();
     const double norm = engine.get_global_grad_norm();
     REQUIRE(norm > 1e-3);
     double expected_norm_sq = 0, grad_norm_sq = 0;
-    const auto after = copy(engine.parameters());
+    const auto after = engine.full_parameters();
     const double coef = 1e-3 / (norm + 1e-6);
     for (std::size_t i = 0; i < before.size(); ++i) {
         grad_norm_sq += static_cast<double>(grads[i]) * grads[i];
@@ -125,7 +126,7 @@ TEST_CASE("a non-finite gradient skips exactly that step and changes nothing") {
         micro_step(engine, data, 0, 8);
         engine.step();
     }
-    const auto params = copy(engine.parameters());
+    const auto params = engine.full_parameters();
     const auto m = copy(engine.optimizer().state(0)), v = copy(engine.optimizer().state(1));
     const double lr = engine.get_lr()[0];
     micro_step(engine, data, 0, 8);
@@ -135,7 +136,7 @@ TEST_CASE("a non-finite gradient skips exactly that step and changes nothing") {
     CHECK(engine.skipped_steps() == 1);
     CHECK(engine.global_steps() == 4);
     CHECK(engine.optimizer().step_count() == 3);  // Adam's count = applied steps
-    CHECK(std::memcmp(params.data(), engine.parameters().data(), params.size() * 4) == 0);
+    CHECK(std::memcmp(params.data(), engine.full_parameters().data(), params.size() * 4) == 0);
     CHECK(copy(engine.optimizer().state(0)) == m);
     CHECK(copy(engine.optimizer().state(1)) == v);
     CHECK(engine.get_lr()[0] == lr);  // the schedule did not advance
@@ -152,24 +153,26 @@ TEST_CASE("WarmupLR: the first two applied steps use lr 0 and leave the weights 
     cfg.optimizer.params.weight_decay = 0.1;
     cfg.scheduler = {.type = ds::SchedulerType::WarmupLR, .params = {.warmup_num_steps = 1000}};
     AdamEngine engine(cfg);
-    const auto initial = copy(engine.parameters());
+    const auto initial = engine.full_parameters();
     for (int i = 0; i < 2; ++i) {
         CHECK(engine.get_lr()[0] == 0.0);
         micro_step(engine, data, 0, 8);
         engine.step();
     }
-    CHECK(copy(engine.parameters()) == initial);
+    CHECK(engine.full_parameters() == initial);
     CHECK(engine.get_lr()[0] == doctest::Approx(1e-3 * std::log(2.0) / std::log(1000.0)));
     micro_step(engine, data, 0, 8);
     engine.step();
-    CHECK(copy(engine.parameters()) != initial);
+    CHECK(engine.full_parameters() != initial);
 }
 
 TEST_CASE("the engine refuses configs that break rules or contradict its policies") {
     ds::Config cfg = adam_config(8, 1);
     cfg.bf16.enabled = true;
     CHECK_THROWS_WITH_AS(AdamEngine{cfg}, "the config selects bf16 but the engine is built for fp32", ds::ConfigError);
-    CHECK_THROWS_WITH_AS(AdamEngine(adam_config(8, 1), 3), "Gradient accumulation steps: 0 has to be greater than 0", ds::ConfigError);
+    using ThreeRanks = ds::Engine<SmallNet, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cpu, ds::comm::Threads>;
+    CHECK_THROWS_WITH_AS(ThreeRanks(adam_config(8, 1), ds::comm::Threads::world(3)[0]),
+                         "Gradient accumulation steps: 0 has to be greater than 0", ds::ConfigError);
     ds::Config lion = adam_config(8, 1);
     lion.optimizer.type = ds::OptimizerType::Lion;
     CHECK_THROWS_WITH_AS(AdamEngine{lion}, "optimizer.type is Lion but the engine is built for Adam", ds::ConfigError);

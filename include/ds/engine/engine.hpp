@@ -13,12 +13,16 @@
 #include <type_traits>
 #include <vector>
 
+#include <ds/comm/communicator.hpp>
+#include <ds/comm/distributed.hpp>
+#include <ds/comm/single.hpp>
 #include <ds/config/check.hpp>
 #include <ds/config/config.hpp>
 #include <ds/config/json.hpp>
 #include <ds/device/cpu/simd.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
+#include <ds/engine/zero_state.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/optim/adam.hpp>
 #include <ds/optim/optimizer.hpp>
@@ -51,12 +55,14 @@ struct MemoryReport {
 /// Parameters, gradients and optimizer states live in flat fp32 buffers laid out as
 /// `Model::parameters` says; each layer reads its tensors at constexpr offsets.
 ///
-/// So far: one rank, `Zero<0>`, `FP32`, `Cpu`. The other combinations are refused at
+/// Ranks talk through `Comm` (`comm::Single` by default; `comm::Mpi` under mpirun,
+/// `comm::Threads` for in-process tests); `ZeroState` keeps what stage Z partitions.
+///
+/// So far: `FP32` on `Cpu`, every ZeRO stage. The other combinations are refused at
 /// compile time until their issues land, never run as something else.
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
-          device_policy D = Cpu>
+          device_policy D = Cpu, comm::communicator Comm = comm::Single>
 class Engine {
-    static_assert(Z::stage == 0, "ds::Engine: ZeRO stages 1-3 are not built yet (they need the communicators)");
     static_assert(std::is_same_v<P, FP32>, "ds::Engine: only ds::FP32 is built so far (BF16/FP16 come next)");
     static_assert(std::is_same_v<D, Cpu>, "ds::Engine: only ds::Cpu is built so far");
 
@@ -64,26 +70,29 @@ public:
     using model_type = Model;
     using policies = Policies<Opt, Z, P, D>;
     using optimizer_type = FlatOptimizer<Opt>;
+    using communicator_type = Comm;
     static constexpr std::size_t param_count = Model::param_count;
     static constexpr std::size_t input_size = Model::input_shape::size;
     static constexpr std::size_t output_size = Model::output_shape::size;
 
     /// Validates `cfg` for this world size and these policies, then builds the model with
-    /// PyTorch's initialisation seeded by `cfg.seed`.
+    /// PyTorch's initialisation seeded by `cfg.seed`, broadcast from rank 0 (DeepSpeed).
     /// @throws ConfigError naming the broken rule or the policy the config contradicts
-    explicit Engine(const Config& cfg, std::int64_t world_size = 1)
-        : cfg_(validated(cfg, world_size)),
-          batch_(batch_sizes(cfg_, world_size)),
-          world_size_(world_size),
+    explicit Engine(const Config& cfg, Comm comm = Comm{})
+        : comm_(std::move(comm)),
+          cfg_(validated(cfg, comm_.size())),
+          batch_(batch_sizes(cfg_, comm_.size())),
           model_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu)),
-          weights_(2, param_count),
+          zero_(comm_, cfg_, initial_parameters(comm_, cfg_)),
           optimizer_(cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
-                     param_count),
+                     zero_.shard_params().size()),
           scheduler_(cfg_.scheduler, optimizer_.hyper().lr, beta1_of(optimizer_.hyper())),
           input_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * input_size) {
-        Rng rng(static_cast<std::uint64_t>(cfg_.seed));
-        Model::init(params(), rng);
-        for (const auto& p : Model::parameters) tensors_.push_back({p.offset, p.numel()});
+        if constexpr (Z::partitions_optimizer_states) {
+            tensors_.push_back({0, zero_.shard_params().size()});  // a partition is one tensor (SPEC §2.2)
+        } else {
+            for (const auto& p : Model::parameters) tensors_.push_back({p.offset, p.numel()});
+        }
     }
 
     Engine(const Engine&) = delete;
@@ -103,7 +112,7 @@ public:
                                         " exceeds train_micro_batch_size_per_gpu " + std::to_string(model_.max_batch()));
         std::copy(inputs.begin(), inputs.end(), input_.begin());
         batch_in_flight_ = batch;
-        return {model_.forward(input_.data(), batch, params()), batch * output_size};
+        return {model_.forward(input_.data(), batch, zero_), batch * output_size};
     }
 
     /// Backward from `loss` (whose gradient is with respect to the last forward's outputs),
@@ -119,7 +128,8 @@ public:
             for (float& g : scaled_grad_output_) g /= gas;
             grad_output = scaled_grad_output_.data();
         }
-        model_.backward(grad_output, params(), grads());
+        model_.backward(grad_output, zero_);
+        zero_.backward_finished();
         return loss.value / gas;
     }
 
@@ -160,9 +170,12 @@ public:
         }
     }
 
-    int local_rank() const { return 0; }
-    int global_rank() const { return 0; }
-    std::int64_t world_size() const { return world_size_; }
+    int local_rank() const { return local_rank_; }
+    int global_rank() const { return comm_.rank(); }
+    std::int64_t world_size() const { return comm_.size(); }
+    Comm& communicator() { return comm_; }
+    /// Ψ as the collectives move it (padded as this stage partitions).
+    std::size_t padded_params() const { return zero_.padded_params(); }
     static constexpr bool fp16_enabled() { return P::scales_loss; }
     static constexpr bool bfloat16_enabled() { return std::is_same_v<P, BF16>; }
     static constexpr int zero_optimization_stage() { return Z::stage; }
@@ -171,22 +184,32 @@ public:
     std::int64_t gradient_accumulation_steps() const { return batch_.gradient_accumulation_steps; }
     const Config& config() const { return cfg_; }
 
-    /// The flat parameter buffer (Ψ values, laid out as `Model::parameters`).
-    std::span<float> parameters() { return weights_.span(0); }
-    std::span<const float> parameters() const { return weights_.span(0); }
-    /// The flat gradient buffer, accumulated since the last boundary.
-    std::span<float> gradients() { return weights_.span(1); }
-    std::span<const float> gradients() const { return weights_.span(1); }
+    /// The whole model's parameters (Ψ values, laid out as `Model::parameters`); gathered
+    /// from all ranks at stage 3, so every rank must call it then.
+    std::vector<float> full_parameters() { return zero_.full_parameters(); }
+    /// Replaces the whole model's parameters; every rank passes the same values.
+    void set_full_parameters(std::span<const float> values) {
+        if (values.size() != param_count)
+            throw std::invalid_argument("Engine::set_full_parameters: " + std::to_string(values.size()) +
+                                        " values for " + std::to_string(param_count) + " parameters");
+        zero_.set_full_parameters(values);
+    }
+    /// This rank's gradient as accumulated since the last boundary: the full buffer at
+    /// stages 0-1, this rank's averaged partition at stages 2-3.
+    std::span<float> gradients() {
+        if constexpr (Z::partitions_gradients) return zero_.shard_grads();
+        else return zero_.accumulated_gradients();
+    }
     optimizer_type& optimizer() { return optimizer_; }
     sched::LRScheduler& lr_scheduler() { return scheduler_; }
     Model& module() { return model_; }
 
     MemoryReport memory_report() const {
         MemoryReport r;
-        r.parameters = param_count * sizeof(float);
-        r.gradients = param_count * sizeof(float);
+        r.parameters = zero_.parameter_bytes();
+        r.gradients = zero_.gradient_bytes();
         r.optimizer_states = optimizer_.state_bytes();
-        r.buffers = model_.buffer_bytes() + input_.size() * sizeof(float);
+        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + input_.size() * sizeof(float);
         return r;
     }
 
@@ -203,29 +226,37 @@ private:
         else return 0.0;
     }
 
-    float* params() { return weights_[0]; }
-    float* grads() { return weights_[1]; }
-
-    double gradient_norm() const { return std::sqrt(cpu::sum_of_squares(weights_[1], param_count)); }
+    /// Every rank draws the same initial weights from the seed; rank 0's are broadcast anyway,
+    /// as DeepSpeed does, so ranks can never start apart.
+    static std::vector<float> initial_parameters(Comm& comm, const Config& cfg) {
+        std::vector<float> initial(param_count);
+        Rng rng(static_cast<std::uint64_t>(cfg.seed));
+        Model::init(initial.data(), rng);
+        comm.broadcast(initial.data(), initial.size(), 0);
+        return initial;
+    }
 
     void take_model_step() {
-        global_grad_norm_ = gradient_norm();
+        zero_.reduce_gradients();
+        global_grad_norm_ = std::sqrt(zero_.gradient_square_norm());
         step_applied_ = std::isfinite(global_grad_norm_);
         if (step_applied_) {
             consecutive_skips_ = 0;
             if (cfg_.gradient_clipping > 0.0) {  // SPEC §5.1, fp32 path: coef = min(1, c / (norm + 1e-6))
                 const double coef = cfg_.gradient_clipping / (global_grad_norm_ + 1e-6);
                 if (coef < 1.0)
-                    for (float& g : gradients()) g *= static_cast<float>(coef);
+                    for (float& g : zero_.shard_grads()) g *= static_cast<float>(coef);
             }
             std::optional<double> beta1, beta2 = scheduler_.beta2_override();
             if (beta2) beta1 = scheduler_.get_beta1();
-            optimizer_.step(params(), grads(), scheduler_.get_lr(), beta1, beta2, tensors_);
+            optimizer_.step(zero_.shard_params().data(), zero_.shard_grads().data(), scheduler_.get_lr(), beta1, beta2,
+                            tensors_);
+            zero_.publish_parameters();
             scheduler_.step();
         } else {
             skip_non_finite_step();
         }
-        std::fill_n(grads(), param_count, 0.0f);
+        zero_.zero_gradients();
         report_progress();
         ++global_steps_;
         global_samples_ += batch_.train_batch_size;
@@ -246,7 +277,7 @@ private:
     }
 
     void report_progress() const {
-        if (!cfg_.steps_per_print || (global_steps_ + 1) % cfg_.steps_per_print.value != 0) return;
+        if (comm_.rank() != 0 || !cfg_.steps_per_print || (global_steps_ + 1) % cfg_.steps_per_print.value != 0) return;
         std::ostringstream line;
         line << "[Rank 0] step=" << global_steps_ + 1 << ", skipped=" << skipped_steps_ << ", lr=[" << get_lr()[0]
              << "], mom=[[";
@@ -256,11 +287,11 @@ private:
         log_line(LogLevel::info, line.str());
     }
 
+    Comm comm_;
     Config cfg_;
     BatchSizes batch_;
-    std::int64_t world_size_;
     Model model_;
-    FlatBuffers weights_;  // [0] parameters, [1] gradients
+    ZeroState<Z, Model, Comm> zero_;
     optimizer_type optimizer_;
     sched::LRScheduler scheduler_;
     std::vector<Segment> tensors_;
@@ -269,6 +300,7 @@ private:
     std::int64_t global_steps_ = 0, global_samples_ = 0, skipped_steps_ = 0, micro_steps_ = 0;
     int consecutive_skips_ = 0;
     double global_grad_norm_ = 0.0;
+    int local_rank_ = comm::init_distributed().local_rank;
     bool step_applied_ = false, training_ = true;
 };
 

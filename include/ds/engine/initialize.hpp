@@ -35,12 +35,14 @@ struct InitializeOptions {
     bool shuffle = true;  ///< false keeps the data's file order (the example's --no-shuffle)
 };
 
-/// Builds engine `E` from `cfg` and a loader over `training_data` that yields
+/// Builds engine `E` (over `comm`, a world of one by default) from `cfg` and a loader over
+/// `training_data` that yields
 /// `train_micro_batch_size_per_gpu` samples per batch from this rank's `DistributedSampler`
 /// share, reshuffled each epoch from `cfg.seed` (SPEC §9).
 template <class E, data::dataset D>
-Initialized<E, D> initialize(const Config& cfg, const D& training_data, InitializeOptions options = {}) {
-    auto engine = std::make_unique<E>(cfg);
+Initialized<E, D> initialize(const Config& cfg, const D& training_data, InitializeOptions options = {},
+                             typename E::communicator_type comm = {}) {
+    auto engine = std::make_unique<E>(cfg, std::move(comm));
     data::DistributedSampler sampler(training_data.size(), static_cast<std::size_t>(engine->world_size()),
                                      static_cast<std::size_t>(engine->global_rank()), options.shuffle,
                                      static_cast<std::uint64_t>(cfg.seed));

@@ -1,0 +1,199 @@
+// ZeRO's laws on the threaded communicator: every stage on N ranks trains exactly like
+// stage 0 on one rank (same global batch), moves the elements the ZeRO paper predicts and
+// holds the bytes per rank the partitioning implies.
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include <ds/comm/threads.hpp>
+#include <ds/data/synthetic.hpp>
+#include <ds/engine/engine.hpp>
+
+#include "cifar10/net.hpp"
+
+namespace {
+
+using Net = cifar10::Net<1, 16, 4>;
+constexpr std::size_t global_batch = 8, input = 256;
+
+struct Batches {
+    std::vector<float> inputs;
+    std::vector<std::int32_t> labels;
+};
+
+Batches make_batches(int steps) {
+    const auto d = ds::data::make_synthetic(global_batch * steps, 1, 16, 16, 4, 21);
+    Batches b{std::vector<float>(d.size() * input), std::vector<std::int32_t>(d.size())};
+    for (std::size_t i = 0; i < d.size(); ++i) b.labels[i] = d.get(i, b.inputs.data() + i * input);
+    return b;
+}
+
+/// SGD with momentum is linear in the gradient, so summation-order noise stays at float
+/// rounding: the strict law. Adam divides by sqrt(v), which magnifies noise in gradients
+/// near zero up to ~lr; it is checked with an absolute bound instead.
+ds::Config config(int stage, std::int64_t gas = 1, ds::OptimizerType type = ds::OptimizerType::SGD) {
+    ds::Config c{.train_batch_size = static_cast<std::int64_t>(global_batch),
+                 .gradient_accumulation_steps = gas,
+                 .optimizer = {.type = type, .params = {.lr = 0.05, .weight_decay = 0.01}},
+                 .gradient_clipping = 0.5,
+                 .zero_allow_untested_optimizer = true,
+                 .seed = 3};
+    if (type == ds::OptimizerType::SGD) c.optimizer.params.momentum = 0.9;
+    if (type == ds::OptimizerType::Adam) c.optimizer.params.lr = 1e-2;
+    c.zero_optimization.stage = stage;
+    return c;
+}
+
+/// Trains `steps` optimizer steps; rank r of n takes samples [r·m, (r+1)·m) of each
+/// micro-batch of the global batch (m = global / (n · gas)).
+template <class E>
+void train(E& engine, const Batches& data, int steps) {
+    const auto n = static_cast<std::size_t>(engine.world_size());
+    const auto gas = static_cast<std::size_t>(engine.gradient_accumulation_steps());
+    const std::size_t micro = global_batch / gas / n, rank = static_cast<std::size_t>(engine.global_rank());
+    for (int s = 0; s < steps; ++s)
+        for (std::size_t g = 0; g < gas; ++g) {
+            const std::size_t first = s * global_batch + g * (global_batch / gas) + rank * micro;
+            const auto out = engine.forward({data.inputs.data() + first * input, micro * input});
+            const auto loss = ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + first, micro});
+            engine.backward(loss);
+            engine.step();
+        }
+}
+
+template <int Stage, class Opt = ds::SGD<>>
+using ThreadedEngine = ds::Engine<Net, Opt, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads>;
+
+/// Relative error (with a floor of `floor` in the denominator) of `got` against `expected`.
+template <int Stage, class Opt = ds::SGD<>>
+void check_matches_single_rank(int ranks, ds::Config cfg, const char* what, double tolerance = 1e-6,
+                               double floor = 1e-2) {
+    constexpr int steps = 3;
+    const auto data = make_batches(steps);
+    ds::Config reference_cfg = cfg;
+    reference_cfg.zero_optimization.stage = 0;
+    ds::Engine<Net, Opt> reference(reference_cfg);
+    train(reference, data, steps);
+    const auto expected = reference.full_parameters();
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+        ThreadedEngine<Stage, Opt> engine(cfg, comm);
+        train(engine, data, steps);
+        const auto got = engine.full_parameters();
+        INFO(what << ": stage " << Stage << " on " << ranks << " ranks, rank " << comm.rank());
+        CHECK(engine.optimizer().step_count() == engine.global_steps());
+        std::size_t worst = 0;
+        double worst_error = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            const double error = std::abs(got[i] - expected[i]) / std::max<double>(std::abs(expected[i]), floor);
+            if (error > worst_error) worst_error = error, worst = i;
+        }
+        INFO("worst parameter " << worst << ": " << got[worst] << " vs " << expected[worst]);
+        CHECK(worst_error < tolerance);
+    });
+}
+
+}  // namespace
+
+TEST_SUITE("zero") {
+
+TEST_CASE_TEMPLATE("every stage on 1, 2 and 4 ranks trains like stage 0 on one rank", Stage,
+                   std::integral_constant<int, 0>, std::integral_constant<int, 1>, std::integral_constant<int, 2>,
+                   std::integral_constant<int, 3>) {
+    for (int ranks : {1, 2, 4}) check_matches_single_rank<Stage::value>(ranks, config(Stage::value), "SGD");
+    for (int ranks : {2, 4}) check_matches_single_rank<Stage::value>(ranks, config(Stage::value, 2), "SGD, GAS 2");
+    // Adam: |difference| below 1e-3 · lr.
+    check_matches_single_rank<Stage::value, ds::Adam<>>(4, config(Stage::value, 1, ds::OptimizerType::Adam), "Adam",
+                                                        1e-5, 1.0);
+}
+
+TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gathers") {
+    ds::Config small_buckets = config(2);
+    small_buckets.zero_optimization.reduce_bucket_size = 500;  // conv2 and fc layers exceed it
+    check_matches_single_rank<2>(4, small_buckets, "500-element buckets");
+    ds::Config gathers = config(3);
+    gathers.zero_optimization.stage3_param_persistence_threshold = 0;
+    check_matches_single_rank<3>(4, gathers, "no persistent parameters");
+    ds::Config prescale = config(0);
+    prescale.prescale_gradients = true;
+    check_matches_single_rank<0>(2, prescale, "prescaled");
+    ds::Config predivide = config(0);
+    predivide.gradient_predivide_factor = 4.0;
+    check_matches_single_rank<0>(4, predivide, "predivide factor 4");
+}
+
+TEST_CASE("elements communicated per step: 2Ψ for stages 0-2, 3Ψ for stage 3 (plus one norm scalar)") {
+    const auto data = make_batches(1);
+    ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+        using ds::comm::Op;
+        auto one_step = [&](auto& engine) {
+            const auto before = engine.communicator().counters();
+            train(engine, data, 1);
+            const auto& after = engine.communicator().counters();
+            std::array<std::uint64_t, 5> delta{};
+            for (std::size_t i = 0; i < 5; ++i) delta[i] = after.elements[i] - before.elements[i];
+            return delta;
+        };
+        auto at = [](const auto& d, Op op) { return d[static_cast<std::size_t>(op)]; };
+        {
+            ThreadedEngine<0> e(config(0), comm);
+            const auto d = one_step(e);
+            CHECK(e.padded_params() == Net::param_count);
+            CHECK(at(d, Op::all_reduce) == 2 * Net::param_count);
+            CHECK(at(d, Op::reduce_scatter) + at(d, Op::all_gather) + at(d, Op::broadcast) == 0);
+        }
+        for (int stage : {1, 2}) {
+            auto check_stage = [&](auto& e) {
+                const auto d = one_step(e);
+                const std::size_t psi = e.padded_params();
+                CHECK(psi == ds::FlatPartition(Net::param_count, 2).padded);
+                CHECK(at(d, Op::reduce_scatter) == psi);
+                CHECK(at(d, Op::all_gather) == psi);
+                CHECK(at(d, Op::all_reduce) == 2);  // the squared norm
+            };
+            if (stage == 1) {
+                ThreadedEngine<1> e(config(1), comm);
+                check_stage(e);
+            } else {
+                ThreadedEngine<2> e(config(2), comm);
+                check_stage(e);
+            }
+        }
+        ds::Config forced = config(3);
+        forced.zero_optimization.stage3_param_persistence_threshold = 0;
+        ThreadedEngine<3> e(forced, comm);
+        const auto d = one_step(e);
+        const std::size_t psi = e.padded_params();
+        INFO("all_gather " << at(d, Op::all_gather) << " psi " << psi);
+        CHECK(at(d, Op::all_gather) == 2 * psi);  // before each layer's forward and backward
+        CHECK(at(d, Op::reduce_scatter) == psi);
+        CHECK(at(d, Op::all_reduce) == 2);
+    });
+}
+
+TEST_CASE("fp32 bytes per rank shrink as each stage partitions (N = 4)") {
+    ds::comm::run_ranks(4, [](ds::comm::Threads& comm) {
+        const std::size_t psi = Net::param_count, f = sizeof(float);
+        const ds::FlatPartition flat(psi, 4);
+        const auto adam = ds::OptimizerType::Adam;
+        ThreadedEngine<0, ds::Adam<>> s0(config(0, 1, adam), comm);
+        ThreadedEngine<1, ds::Adam<>> s1(config(1, 1, adam), comm);
+        ThreadedEngine<2, ds::Adam<>> s2(config(2, 1, adam), comm);
+        ThreadedEngine<3, ds::Adam<>> s3(config(3, 1, adam), comm);
+        const auto m0 = s0.memory_report(), m1 = s1.memory_report(), m2 = s2.memory_report(),
+                   m3 = s3.memory_report();
+        CHECK(m0.parameters == f * psi);
+        CHECK(m0.gradients == f * psi);
+        CHECK(m0.optimizer_states == 2 * f * psi);
+        CHECK(m1.optimizer_states == 2 * f * flat.shard);  // states partitioned
+        CHECK(m1.parameters == f * flat.padded);
+        CHECK(m2.gradients == f * flat.shard);             // gradients partitioned
+        const std::size_t shard3 = s3.padded_params() / 4;
+        CHECK(m3.parameters == f * shard3);                // parameters partitioned
+        CHECK(m3.gradients == f * shard3);
+        CHECK(m3.optimizer_states == 2 * f * shard3);
+    });
+}
+
+}  // TEST_SUITE

@@ -20,6 +20,8 @@
 #include <cblas.h>
 #include <nlohmann/json.hpp>
 
+#include <ds/comm/distributed.hpp>
+#include <ds/comm/single.hpp>
 #include <ds/config/json.hpp>
 #include <ds/data/cifar10.hpp>
 #include <ds/data/idx.hpp>
@@ -32,6 +34,13 @@
 #include "cifar10/ds_config.hpp"
 #include "cifar10/net.hpp"
 
+#if DSPP_HAVE_MPI
+#include <ds/comm/mpi.hpp>
+using Comm = ds::comm::Mpi;  // ranks launched with mpirun (run_ds.sh -n N)
+#else
+using Comm = ds::comm::Single;
+#endif
+
 #ifndef CIFAR10_DTYPE
 #define CIFAR10_DTYPE "fp32"
 #endif
@@ -40,6 +49,9 @@
 #endif
 
 namespace {
+
+/// Whether this process prints: rank 0 only, as the Python example's `local_rank == 0`.
+bool leader = true;
 
 constexpr std::string_view binary_dtype = CIFAR10_DTYPE;
 constexpr int binary_stage = CIFAR10_STAGE;
@@ -94,7 +106,7 @@ Splits load_data(const cifar10::Args& args) {
     if (which.empty()) {
         which = ds::data::has_cifar10(args.data_dir) ? "cifar10" : "fashion-mnist";
         if (which == "fashion-mnist")
-            std::cout << "CIFAR-10 not found in " << args.data_dir << "; using Fashion-MNIST from "
+            if (leader) std::cout << "CIFAR-10 not found in " << args.data_dir << "; using Fashion-MNIST from "
                       << ds::data::debian_fashion_mnist_dir.string() << "\n";
     }
     if (which == "cifar10") return {ds::data::load_cifar10(args.data_dir, true), ds::data::load_cifar10(args.data_dir, false)};
@@ -107,27 +119,31 @@ Splits load_data(const cifar10::Args& args) {
 
 /// `[epoch, step] loss: x.xxx`, formatted as the Python example's f-string prints it.
 void print_loss(int epoch, std::size_t step, double mean) {
+    if (!leader) return;
     std::printf("[%2d, %5zu] loss: % .3f\n", epoch, step, mean);
     std::fflush(stdout);
 }
 
 template <class Net>
-int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data) {
+int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
     using Engine = ds::Engine<Net, typename Policies::optimizer_policy, typename Policies::zero_policy,
-                              typename Policies::precision_policy>;
+                              typename Policies::precision_policy, ds::Cpu, Comm>;
     constexpr std::size_t classes = Net::output_shape::size;
     auto [engine, optimizer, trainloader, scheduler] =
-        ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle});
+        ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle}, std::move(comm));
     if (!args.init_weights.empty()) {
         std::vector<float> weights(Net::param_count);
         ds::io::load_weights<Net>(args.init_weights, weights);
         engine->set_full_parameters(weights);
     }
-    std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
-              << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
-              << Policies::device_policy::name << "; " << Net::param_count << " parameters; micro batch "
-              << engine->train_micro_batch_size_per_gpu() << ", gradient accumulation "
-              << engine->gradient_accumulation_steps() << "; " << data.train.size() << " training images\n";
+    if (leader)
+        std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
+                  << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
+                  << Policies::device_policy::name << ", " << engine->world_size() << " rank(s); "
+                  << Net::param_count << " parameters; micro batch " << engine->train_micro_batch_size_per_gpu()
+                  << ", gradient accumulation " << engine->gradient_accumulation_steps() << "; "
+                  << data.train.size() << " training images\n";
+    const ds::comm::CommCounters counters_before = engine->communicator().counters();
 
     const ds::nn::CrossEntropyLoss criterion{classes};
     double running_loss = 0.0, final_loss = 0.0, unreported_loss = 0.0;
@@ -161,11 +177,17 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
         }
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const ds::comm::CommCounters counters_after = engine->communicator().counters();
     if (unreported > 0 && final_loss == 0.0) final_loss = unreported_loss / static_cast<double>(unreported);
-    std::cout << "Finished Training\n";
-    const double images_per_sec = images / seconds;
-    std::printf("trained %zu images in %.2f s: %.0f images/s\n", images, seconds, images_per_sec);
-    if (!args.save_weights.empty()) ds::io::save_weights<Net>(args.save_weights, engine->full_parameters());
+    const double images_per_sec = static_cast<double>(images) * static_cast<double>(engine->world_size()) / seconds;
+    if (leader) {
+        std::cout << "Finished Training\n";
+        std::printf("trained %zu images on %lld rank(s) in %.2f s: %.0f images/s\n",
+                    images * static_cast<std::size_t>(engine->world_size()),
+                    static_cast<long long>(engine->world_size()), seconds, images_per_sec);
+    }
+    const auto weights = engine->full_parameters();  // collective at stage 3
+    if (!args.save_weights.empty() && leader) ds::io::save_weights<Net>(args.save_weights, weights);
 
     // Test: every test image, in batches of the micro-batch size.
     engine->eval();
@@ -188,16 +210,23 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     std::size_t all_correct = 0;
     for (auto c : correct) all_correct += c;
     const double accuracy = 100.0 * all_correct / data.test.size();
-    std::printf("Accuracy of the network on the %zu test images: %d %%\n", data.test.size(),
-                static_cast<int>(100 * all_correct / data.test.size()));
+    if (leader)
+        std::printf("Accuracy of the network on the %zu test images: %d %%\n", data.test.size(),
+                    static_cast<int>(100 * all_correct / data.test.size()));
     nlohmann::ordered_json class_accuracy = nlohmann::ordered_json::object();
     for (std::size_t c = 0; c < classes; ++c) {
         const double pct = total[c] ? 100.0 * correct[c] / total[c] : 0.0;
-        std::printf("Accuracy of %5s : %2d %%\n", data.test.class_names[c].c_str(), static_cast<int>(pct));
+        if (leader) std::printf("Accuracy of %5s : %2d %%\n", data.test.class_names[c].c_str(), static_cast<int>(pct));
         class_accuracy[data.test.class_names[c]] = pct;
     }
 
-    if (!args.metrics_json.empty()) {
+    if (!args.metrics_json.empty() && leader) {
+        const auto memory = engine->memory_report();
+        nlohmann::ordered_json comm_per_step = nlohmann::ordered_json::object();
+        const double steps = std::max<double>(1.0, static_cast<double>(engine->global_steps()));
+        for (std::size_t op = 0; op < ds::comm::op_names.size(); ++op)
+            comm_per_step[std::string(ds::comm::op_names[op])] =
+                static_cast<double>(counters_after.elements[op] - counters_before.elements[op]) / steps;
         const nlohmann::ordered_json metrics{
             {"final_loss", final_loss},
             {"test_accuracy", accuracy},
@@ -212,6 +241,14 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
             {"dataset", data.train.name},
             {"train_seconds", seconds},
             {"micro_batch", engine->train_micro_batch_size_per_gpu()},
+            {"padded_params", engine->padded_params()},
+            {"memory_bytes",
+             {{"parameters", memory.parameters},
+              {"gradients", memory.gradients},
+              {"master_weights", memory.master_weights},
+              {"optimizer_states", memory.optimizer_states},
+              {"buffers", memory.buffers}}},
+            {"comm_elements_per_step", comm_per_step},
         };
         std::ofstream(args.metrics_json) << metrics.dump(2) << "\n";
     }
@@ -221,24 +258,36 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
 }  // namespace
 
 int main(int argc, char** argv) {
+#if DSPP_HAVE_MPI
+    ds::comm::MpiSession session(&argc, &argv);
+#endif
+    Comm world;
+    leader = world.rank() == 0;
     try {
         const auto args = cifar10::parse_args(argc, argv);
         if (args.help) {
-            std::cout << "usage: " << binary_name(binary_dtype, binary_stage) << " [flags]\n" << cifar10::usage_text;
+            if (leader) std::cout << "usage: " << binary_name(binary_dtype, binary_stage) << " [flags]\n" << cifar10::usage_text;
             return 0;
         }
         const ds::Config cfg = resolve_config(args);
         if (args.threads) openblas_set_num_threads(*args.threads);
-        const Splits data = load_data(args);
-        std::cout << "dataset: " << data.train.name << " (" << data.train.channels << "x" << data.train.height << "x"
-                  << data.train.width << ", " << data.train.size() << " train, " << data.test.size() << " test)\n";
-        if (data.train.channels == 3 && data.train.height == 32) return train_and_test<cifar10::CifarNet>(args, cfg, data);
+        Splits data;
+        ds::comm::rank_zero_first(world, [&] { data = load_data(args); });  // rank 0 reads (and reports) first
+        if (leader)
+            std::cout << "dataset: " << data.train.name << " (" << data.train.channels << "x" << data.train.height
+                      << "x" << data.train.width << ", " << data.train.size() << " train, " << data.test.size()
+                      << " test)\n";
+        if (data.train.channels == 3 && data.train.height == 32)
+            return train_and_test<cifar10::CifarNet>(args, cfg, data, std::move(world));
         if (data.train.channels == 1 && data.train.height == 28)
-            return train_and_test<cifar10::FashionMnistNet>(args, cfg, data);
+            return train_and_test<cifar10::FashionMnistNet>(args, cfg, data, std::move(world));
         throw std::invalid_argument("no Net is built for " + std::to_string(data.train.channels) + "x" +
                                     std::to_string(data.train.height) + "x" + std::to_string(data.train.width) + " images");
     } catch (const std::exception& e) {
         std::cerr << "error: " << e.what() << "\n";
+#if DSPP_HAVE_MPI
+        if (world.size() > 1) MPI_Abort(MPI_COMM_WORLD, 2);  // the other ranks may wait in a collective
+#endif
         return 2;
     }
 }

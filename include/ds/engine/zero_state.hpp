@@ -214,32 +214,37 @@ private:
         if (!cfg_.prescale_gradients && f != dp) scale(full_grads_, static_cast<float>(f / dp));
     }
 
-    // Stage 2: the bucket covers a contiguous flat range [lo_, hi_) that grows downwards,
-    // since backward completes the layers from the last to the first.
+    // Stage 2: the bucket covers a contiguous flat range [lo, hi) that grows downwards,
+    // since backward completes the layers from the last to the first. The last layer's
+    // range extends over the zero padding, so the reductions cover the padded Ψ exactly.
     void add_to_bucket(Range r) {
-        if (bucket_lo_ != bucket_hi_ && (bucket_lo_ != r.offset + r.count || bucket_hi_ - r.offset > bucket_.size()))
-            flush_bucket();
-        if (r.count > bucket_.size()) {  // a layer larger than the bucket is reduced on its own
-            reduce_range(layer_grads_.data(), r.offset, r.offset + r.count);
+        const std::size_t end = r.offset + r.count == psi ? flat_.padded : r.offset + r.count;
+        if (bucket_lo_ != bucket_hi_ && (bucket_lo_ != end || bucket_hi_ - r.offset > bucket_.size())) flush_bucket();
+        if (end - r.offset > bucket_.size()) {  // a layer larger than the bucket is reduced on its own
+            reduce_range(layer_grads_.data(), r.count, r.offset, end);
             return;
         }
-        if (bucket_lo_ == bucket_hi_) bucket_lo_ = bucket_hi_ = r.offset + r.count;
+        if (bucket_lo_ == bucket_hi_) {
+            bucket_lo_ = bucket_hi_ = end;
+            std::fill(bucket_.begin(), bucket_.end(), 0.0f);
+        }
         bucket_lo_ = r.offset;
-        std::copy_n(layer_grads_.data(), r.count, bucket_.data() + (bucket_lo_ - (bucket_hi_ - bucket_size())));
+        std::copy_n(layer_grads_.data(), r.count, bucket_at(bucket_lo_));
     }
-    std::size_t bucket_size() const { return bucket_.size(); }
+    /// Where flat index x lives in the bucket (which ends at bucket_hi_).
+    float* bucket_at(std::size_t x) { return bucket_.data() + (x + bucket_.size() - bucket_hi_); }
     void flush_bucket() {
         if (bucket_lo_ == bucket_hi_) return;
-        const float* data = bucket_.data() + (bucket_lo_ - (bucket_hi_ - bucket_size()));
-        reduce_range(data, bucket_lo_, bucket_hi_);
+        reduce_range(bucket_at(bucket_lo_), bucket_hi_ - bucket_lo_, bucket_lo_, bucket_hi_);
         bucket_lo_ = bucket_hi_ = 0;
     }
-    /// Reduce-scatters the gradient of flat range [lo, hi) (at `data`) to the shard owners,
-    /// pre-divided by dp, and adds this rank's part to its shard.
-    void reduce_range(const float* data, std::size_t lo, std::size_t hi) {
-        const std::size_t n = hi - lo;
-        scratch_.assign(data, data + n);
-        scale(scratch_, 1.0f / static_cast<float>(ranks_));
+    /// Reduce-scatters the gradient of flat range [lo, hi) to the shard owners, pre-divided
+    /// by dp, and adds this rank's part to its shard. `data` holds the first `count`
+    /// values; the rest of the range is padding (zeros).
+    void reduce_range(const float* data, std::size_t count, std::size_t lo, std::size_t hi) {
+        scratch_.assign(hi - lo, 0.0f);
+        const float scale_by = 1.0f / static_cast<float>(ranks_);
+        for (std::size_t i = 0; i < count; ++i) scratch_[i] = data[i] * scale_by;
         counts_.resize(ranks_);
         for (std::size_t k = 0; k < ranks_; ++k) counts_[k] = flat_.overlap(lo, hi, k);
         comm_.reduce_scatter_v(scratch_.data(), received_.data(), std::span<const std::size_t>(counts_),

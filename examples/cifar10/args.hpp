@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cifar10 {
 
@@ -45,7 +46,23 @@ inline constexpr std::string_view usage_text =
     "  --save-weights FILE      write the trained weights as safetensors\n"
     "  --metrics-json FILE      write the run's figures as one JSON object\n";
 
-inline Args parse_args(int argc, char** argv) {
+inline Args parse_args(int argc_in, char** argv_in) {
+    // "--flag=value" is "--flag value", as argparse reads it.
+    std::vector<std::string> words{argv_in[0]};
+    for (int i = 1; i < argc_in; ++i) {
+        const std::string word = argv_in[i];
+        const auto eq = word.find('=');
+        if (word.starts_with("--") && eq != std::string::npos) {
+            words.push_back(word.substr(0, eq));
+            words.push_back(word.substr(eq + 1));
+        } else {
+            words.push_back(word);
+        }
+    }
+    const int argc = static_cast<int>(words.size());
+    std::vector<char*> pointers;
+    for (auto& w : words) pointers.push_back(w.data());
+    char** argv = pointers.data();
     Args a;
     auto value = [&](int& i, std::string_view flag) -> std::string {
         if (i + 1 >= argc) throw std::invalid_argument(std::string(flag) + " needs a value");
@@ -69,7 +86,6 @@ inline Args parse_args(int argc, char** argv) {
         else if (arg == "--deepspeed_config" || arg == "--deepspeed-config") a.deepspeed_config = value(i, arg);
         else if (arg == "--deepspeed") continue;  // DeepSpeed's launcher flag: nothing to do
         else if (arg == "--local_rank" || arg == "--local-rank") value(i, arg);
-        else if (arg.starts_with("--local_rank=")) continue;
         else if (arg == "--dataset") a.dataset = value(i, arg);
         else if (arg == "--data-dir") a.data_dir = value(i, arg), a.data_dir_given = true;
         else if (arg == "--max-steps") a.max_steps = integer(i, arg);

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The C++ counterpart of DeepSpeedExamples' training/cifar/run_ds.sh: picks the binary for
 # --dtype and --stage (one binary per policy combination, no runtime branching in the step)
-# and passes every argument on. Multi-rank runs will go through mpirun here.
-#   examples/cifar10/run_ds.sh --dtype fp32 --stage 0 --epochs 2
+# and launches it on -n RANKS MPI ranks (default 1: no mpirun). Other arguments pass through.
+#   examples/cifar10/run_ds.sh --dtype=fp32 --stage=2 -n 2 --epochs 2
 set -euo pipefail
 bin="$(cd "$(dirname "$0")/../.." && pwd)/build/bin"
 dtype=fp32
 stage=0
-args=("$@")
-for ((i = 0; i < ${#args[@]}; ++i)); do
-  case "${args[i]}" in
-    --dtype) dtype="${args[i+1]:-}" ;;
-    --dtype=*) dtype="${args[i]#--dtype=}" ;;
-    --stage) stage="${args[i+1]:-}" ;;
-    --stage=*) stage="${args[i]#--stage=}" ;;
+ranks=1
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--ranks) ranks="$2"; shift 2; continue ;;
+    --dtype) dtype="$2"; args+=("$1" "$2"); shift 2; continue ;;
+    --dtype=*) dtype="${1#--dtype=}" ;;
+    --stage) stage="$2"; args+=("$1" "$2"); shift 2; continue ;;
+    --stage=*) stage="${1#--stage=}" ;;
   esac
+  args+=("$1")
+  shift
 done
 binary="$bin/cifar10_${dtype}_zero${stage}"
 if [ ! -x "$binary" ]; then
@@ -22,4 +26,8 @@ if [ ! -x "$binary" ]; then
   echo "built: $(cd "$bin" 2>/dev/null && ls cifar10_*_zero* 2>/dev/null | tr '\n' ' ')" >&2
   exit 2
 fi
-exec "$binary" "$@"
+if [ "$ranks" -eq 1 ]; then exec "$binary" "${args[@]}"; fi
+flags=(--bind-to none)
+[ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
+[ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
+exec mpirun "${flags[@]}" -np "$ranks" "$binary" "${args[@]}"

@@ -3,6 +3,7 @@
 /// The `ds::comm::communicator` concept: collectives between the ranks of a group.
 
 #include <array>
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -27,6 +28,7 @@ inline constexpr std::array<std::string_view, 5> op_names{"all_reduce", "reduce_
 struct CommCounters {
     std::array<std::uint64_t, 5> elements{};
     std::array<std::uint64_t, 5> calls{};
+    double seconds = 0.0;  ///< wall time spent inside blocking collectives and waits
 
     void add(Op op, std::uint64_t n) {
         elements[static_cast<std::size_t>(op)] += n;
@@ -38,6 +40,19 @@ struct CommCounters {
         for (auto e : elements) t += e;
         return t;
     }
+};
+
+/// Adds the wall time of its scope to a counter: what a rank spends waiting on the others.
+class CommTimer {
+public:
+    explicit CommTimer(double& total) : total_(total), start_(std::chrono::steady_clock::now()) {}
+    ~CommTimer() { total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+    CommTimer(const CommTimer&) = delete;
+    CommTimer& operator=(const CommTimer&) = delete;
+
+private:
+    double& total_;
+    std::chrono::steady_clock::time_point start_;
 };
 
 /// A finished operation: communicators that complete their "asynchronous" calls before

@@ -78,18 +78,23 @@ private:
 class MpiRequest {
 public:
     MpiRequest() = default;
-    explicit MpiRequest(MPI_Request r) : request_(r) {}
-    MpiRequest(MpiRequest&& other) noexcept : request_(std::exchange(other.request_, MPI_REQUEST_NULL)) {}
+    /// `seconds`: the communicator's wait-time counter, which `wait()` adds to.
+    MpiRequest(MPI_Request r, double* seconds) : request_(r), seconds_(seconds) {}
+    MpiRequest(MpiRequest&& other) noexcept
+        : request_(std::exchange(other.request_, MPI_REQUEST_NULL)), seconds_(other.seconds_) {}
     MpiRequest& operator=(MpiRequest&& other) noexcept {
         if (this != &other) {
             finish();
             request_ = std::exchange(other.request_, MPI_REQUEST_NULL);
+            seconds_ = other.seconds_;
         }
         return *this;
     }
     ~MpiRequest() { finish(); }
     void wait() {
-        if (request_ != MPI_REQUEST_NULL) DS_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+        if (request_ == MPI_REQUEST_NULL) return;
+        const CommTimer timer(*seconds_);
+        DS_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
     }
 
 private:
@@ -97,6 +102,7 @@ private:
         if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
     }
     MPI_Request request_ = MPI_REQUEST_NULL;
+    double* seconds_ = nullptr;
 };
 
 /// A communicator over an MPI communicator (MPI_COMM_WORLD by default). Needs a live
@@ -129,11 +135,13 @@ public:
     template <class T>
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
         counters_.add(Op::all_reduce, 2 * n);
+        const CommTimer timer(counters_.seconds);
         DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
     }
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
+        const CommTimer timer(counters_.seconds);
         DS_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
     }
     template <class T>
@@ -142,25 +150,32 @@ public:
         std::size_t total = 0;
         for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
         counters_.add(Op::reduce_scatter, total);
+        const CommTimer timer(counters_.seconds);
         DS_MPI_CHECK(MPI_Reduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
     }
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {
         counters_.add(Op::all_gather, n * static_cast<std::size_t>(size_));
+        const CommTimer timer(counters_.seconds);
         const void* source = in == out + static_cast<std::size_t>(rank_) * n ? MPI_IN_PLACE : in;
         DS_MPI_CHECK(MPI_Allgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_));
     }
     template <class T>
     void broadcast(T* buf, std::size_t n, int root) {
         counters_.add(Op::broadcast, n);
+        const CommTimer timer(counters_.seconds);
         DS_MPI_CHECK(MPI_Bcast(buf, count(n), detail::mpi_type<T>(), root, comm_));
     }
     template <class T>
     void all_to_all(const T* in, T* out, std::size_t n) {
         counters_.add(Op::all_to_all, n * static_cast<std::size_t>(size_));
+        const CommTimer timer(counters_.seconds);
         DS_MPI_CHECK(MPI_Alltoall(in, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_));
     }
-    void barrier() { DS_MPI_CHECK(MPI_Barrier(comm_)); }
+    void barrier() {
+        const CommTimer timer(counters_.seconds);
+        DS_MPI_CHECK(MPI_Barrier(comm_));
+    }
 
     /// MPI_Comm_split: the ranks with the same color, ordered by key.
     Mpi split(int color, int key) {
@@ -174,7 +189,7 @@ public:
         counters_.add(Op::all_reduce, 2 * n);
         MPI_Request r;
         DS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
-        return MpiRequest(r);
+        return MpiRequest(r, &counters_.seconds);
     }
     template <class T>
     MpiRequest reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
@@ -182,7 +197,7 @@ public:
         MPI_Request r;
         DS_MPI_CHECK(
             MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
-        return MpiRequest(r);
+        return MpiRequest(r, &counters_.seconds);
     }
     template <class T>
     MpiRequest all_gather_async(const T* in, T* out, std::size_t n) {
@@ -191,7 +206,7 @@ public:
         const void* source = in == out + static_cast<std::size_t>(rank_) * n ? MPI_IN_PLACE : in;
         DS_MPI_CHECK(
             MPI_Iallgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_, &r));
-        return MpiRequest(r);
+        return MpiRequest(r, &counters_.seconds);
     }
 
 private:

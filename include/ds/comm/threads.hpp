@@ -65,6 +65,7 @@ public:
     template <class T>
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
         counters_.add(Op::all_reduce, 2 * n);
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.outputs[rank_] = buf;
         g.sync.arrive_and_wait();
@@ -81,6 +82,7 @@ public:
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size()));
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
         g.sync.arrive_and_wait();
@@ -103,6 +105,7 @@ public:
             total += counts[k];
         }
         counters_.add(Op::reduce_scatter, total);
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
         g.sync.arrive_and_wait();
@@ -117,6 +120,7 @@ public:
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {
         counters_.add(Op::all_gather, n * static_cast<std::size_t>(size()));
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
         g.sync.arrive_and_wait();
@@ -130,6 +134,7 @@ public:
     template <class T>
     void broadcast(T* buf, std::size_t n, int root) {
         counters_.add(Op::broadcast, n);
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = buf;
         g.sync.arrive_and_wait();
@@ -140,6 +145,7 @@ public:
     template <class T>
     void all_to_all(const T* in, T* out, std::size_t n) {
         counters_.add(Op::all_to_all, n * static_cast<std::size_t>(size()));
+        const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
         g.sync.arrive_and_wait();
@@ -148,7 +154,10 @@ public:
         g.sync.arrive_and_wait();
     }
 
-    void barrier() { group_->sync.arrive_and_wait(); }
+    void barrier() {
+        const CommTimer timer(counters_.seconds);
+        group_->sync.arrive_and_wait();
+    }
 
     /// The ranks with the same `color`, ordered by (key, rank). Collective over this group.
     Threads split(int color, int key) {

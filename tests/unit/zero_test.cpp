@@ -112,6 +112,8 @@ TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gather
     ds::Config small_buckets = config(2);
     small_buckets.zero_optimization.reduce_bucket_size = 500;  // conv2 and fc layers exceed it
     check_matches_single_rank<2>(4, small_buckets, "500-element buckets");
+    small_buckets.zero_optimization.overlap_comm = true;  // reductions left in flight, two at most
+    check_matches_single_rank<2>(4, small_buckets, "500-element buckets, overlap_comm");
     ds::Config gathers = config(3);
     gathers.zero_optimization.stage3_param_persistence_threshold = 0;
     check_matches_single_rank<3>(4, gathers, "no persistent parameters");

@@ -92,6 +92,7 @@ concept communicator = requires(C& c, const C& cc, float* buf, const float* in, 
     { c.split(0, 0) } -> std::same_as<C>;
     c.all_reduce_async(buf, n, ReduceOp::sum).wait();
     c.reduce_scatter_async(in, buf, n, ReduceOp::sum).wait();
+    c.reduce_scatter_v_async(in, buf, std::span<const std::size_t>{}, ReduceOp::sum).wait();
     c.all_gather_async(in, buf, n).wait();
 };
 

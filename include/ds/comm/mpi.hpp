@@ -78,15 +78,19 @@ private:
 class MpiRequest {
 public:
     MpiRequest() = default;
-    /// `seconds`: the communicator's wait-time counter, which `wait()` adds to.
-    MpiRequest(MPI_Request r, double* seconds) : request_(r), seconds_(seconds) {}
+    /// `seconds`: the communicator's wait-time counter, which `wait()` adds to; `counts`:
+    /// arguments MPI reads until the operation completes.
+    MpiRequest(MPI_Request r, double* seconds, std::vector<int> counts = {})
+        : request_(r), seconds_(seconds), counts_(std::move(counts)) {}
     MpiRequest(MpiRequest&& other) noexcept
-        : request_(std::exchange(other.request_, MPI_REQUEST_NULL)), seconds_(other.seconds_) {}
+        : request_(std::exchange(other.request_, MPI_REQUEST_NULL)), seconds_(other.seconds_),
+          counts_(std::move(other.counts_)) {}
     MpiRequest& operator=(MpiRequest&& other) noexcept {
         if (this != &other) {
             finish();
             request_ = std::exchange(other.request_, MPI_REQUEST_NULL);
             seconds_ = other.seconds_;
+            counts_ = std::move(other.counts_);
         }
         return *this;
     }
@@ -103,6 +107,7 @@ private:
     }
     MPI_Request request_ = MPI_REQUEST_NULL;
     double* seconds_ = nullptr;
+    std::vector<int> counts_;  // MPI_Ireduce_scatter reads them until completion
 };
 
 /// A communicator over an MPI communicator (MPI_COMM_WORLD by default). Needs a live
@@ -198,6 +203,16 @@ public:
         DS_MPI_CHECK(
             MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds);
+    }
+    template <class T>
+    MpiRequest reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        std::vector<int> ints(counts.size());
+        std::size_t total = 0;
+        for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
+        counters_.add(Op::reduce_scatter, total);
+        MPI_Request r;
+        DS_MPI_CHECK(MPI_Ireduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+        return MpiRequest(r, &counters_.seconds, std::move(ints));
     }
     template <class T>
     MpiRequest all_gather_async(const T* in, T* out, std::size_t n) {

@@ -61,6 +61,11 @@ public:
         return {};
     }
     template <class T>
+    Completed reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        reduce_scatter_v(in, out, counts, op);
+        return {};
+    }
+    template <class T>
     Completed all_gather_async(const T* in, T* out, std::size_t n) {
         all_gather(in, out, n);
         return {};

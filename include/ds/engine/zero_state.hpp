@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <deque>
+#include <optional>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -67,7 +70,6 @@ public:
                 layer_grads_.resize(widest);
                 bucket_.resize(std::min<std::size_t>(static_cast<std::size_t>(cfg.zero_optimization.reduce_bucket_size),
                                                      flat_.padded));
-                received_.resize(flat_.shard);
             } else {
                 full_grads_.assign(n, 0.0f);
                 if constexpr (Z::partitions_optimizer_states) shard_grads_.assign(flat_.shard, 0.0f);
@@ -107,9 +109,13 @@ public:
         else if constexpr (Z::partitions_gradients) add_to_bucket(r);
     }
 
-    /// After a backward: stage 2 reduces what is left in its bucket.
+    /// After a backward: stage 2 reduces what is left in its bucket and completes the
+    /// reductions still in flight.
     void backward_finished() {
-        if constexpr (Z::partitions_gradients && !Z::partitions_parameters) flush_bucket();
+        if constexpr (Z::partitions_gradients && !Z::partitions_parameters) {
+            flush_bucket();
+            while (!in_flight_.empty()) complete_oldest();
+        }
     }
 
     /// At the accumulation boundary: make `shard_grads()` this rank's averaged gradient.
@@ -192,6 +198,17 @@ public:
     }
 
 private:
+    using Request = decltype(std::declval<Comm&>().template reduce_scatter_v_async<float>(
+        nullptr, nullptr, std::span<const std::size_t>{}, comm::ReduceOp::sum));
+    /// One bucket's reduce-scatter and the buffers it owns until it completes.
+    struct Reduction {
+        std::vector<float> send, receive;
+        std::vector<std::size_t> counts;
+        std::size_t target = 0;  ///< where `receive` adds into this rank's shard
+        std::optional<Request> request;
+    };
+    static constexpr std::size_t max_in_flight = 2;
+
     static std::vector<Segment> segments() {
         std::vector<Segment> s;
         for (const auto& p : Model::parameters) s.push_back({p.offset, p.numel()});
@@ -240,18 +257,38 @@ private:
     }
     /// Reduce-scatters the gradient of flat range [lo, hi) to the shard owners, pre-divided
     /// by dp, and adds this rank's part to its shard. `data` holds the first `count`
-    /// values; the rest of the range is padding (zeros).
+    /// values; the rest of the range is padding (zeros). With `overlap_comm` the reduction
+    /// is left in flight while backward goes on (at most two, like DeepSpeed's two buckets).
     void reduce_range(const float* data, std::size_t count, std::size_t lo, std::size_t hi) {
-        scratch_.assign(hi - lo, 0.0f);
+        if (in_flight_.size() == max_in_flight) complete_oldest();
+        Reduction r;
+        r.send.assign(hi - lo, 0.0f);
         const float scale_by = 1.0f / static_cast<float>(ranks_);
-        for (std::size_t i = 0; i < count; ++i) scratch_[i] = data[i] * scale_by;
-        counts_.resize(ranks_);
-        for (std::size_t k = 0; k < ranks_; ++k) counts_[k] = flat_.overlap(lo, hi, k);
-        comm_.reduce_scatter_v(scratch_.data(), received_.data(), std::span<const std::size_t>(counts_),
-                               comm::ReduceOp::sum);
-        if (counts_[rank_] == 0) return;
-        float* target = shard_grads_.data() + (std::max(lo, flat_.begin(rank_)) - flat_.begin(rank_));
-        for (std::size_t i = 0; i < counts_[rank_]; ++i) target[i] += received_[i];
+        for (std::size_t i = 0; i < count; ++i) r.send[i] = data[i] * scale_by;
+        r.counts.resize(ranks_);
+        for (std::size_t k = 0; k < ranks_; ++k) r.counts[k] = flat_.overlap(lo, hi, k);
+        r.receive.resize(r.counts[rank_]);
+        r.target = std::max(lo, flat_.begin(rank_)) - flat_.begin(rank_);
+        const std::span<const std::size_t> counts(r.counts);
+        if (overlap_comm(cfg_.zero_optimization)) {
+            in_flight_.push_back(std::move(r));
+            Reduction& pending = in_flight_.back();  // the buffers stay put while MPI uses them
+            pending.request.emplace(comm_.reduce_scatter_v_async(pending.send.data(), pending.receive.data(),
+                                                                 std::span<const std::size_t>(pending.counts),
+                                                                 comm::ReduceOp::sum));
+        } else {
+            comm_.reduce_scatter_v(r.send.data(), r.receive.data(), counts, comm::ReduceOp::sum);
+            accumulate(r);
+        }
+    }
+    void complete_oldest() {
+        Reduction& r = in_flight_.front();
+        r.request->wait();
+        accumulate(r);
+        in_flight_.pop_front();
+    }
+    void accumulate(const Reduction& r) {
+        for (std::size_t i = 0; i < r.receive.size(); ++i) shard_grads_[r.target + i] += r.receive[i];
     }
 
     // Stage 3.
@@ -298,6 +335,7 @@ private:
         }
     }
 
+
     Comm& comm_;
     const Config& cfg_;
     std::size_t rank_, ranks_;
@@ -306,7 +344,7 @@ private:
     std::vector<float> full_params_, full_grads_, shard_params_, shard_grads_;
     std::vector<float> layer_params_, layer_grads_, gathered_, bucket_, received_, scratch_;
     std::vector<std::vector<float>> persistent_;
-    std::vector<std::size_t> counts_;
+    std::deque<Reduction> in_flight_;
     std::size_t bucket_lo_ = 0, bucket_hi_ = 0;
 };
 

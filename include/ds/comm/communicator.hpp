@@ -61,6 +61,36 @@ struct Completed {
     void wait() const {}
 };
 
+/// The `_async` forms for communicators whose collectives complete before returning
+/// (Threads, Single): each calls the blocking form and hands back `Completed`.
+template <class Derived>
+class EagerAsync {
+public:
+    template <class T>
+    Completed all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
+        self().all_reduce(buf, n, op);
+        return {};
+    }
+    template <class T>
+    Completed reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
+        self().reduce_scatter(in, out, n, op);
+        return {};
+    }
+    template <class T>
+    Completed reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        self().reduce_scatter_v(in, out, counts, op);
+        return {};
+    }
+    template <class T>
+    Completed all_gather_async(const T* in, T* out, std::size_t n) {
+        self().all_gather(in, out, n);
+        return {};
+    }
+
+private:
+    Derived& self() { return static_cast<Derived&>(*this); }
+};
+
 /// Ranks that run collectives together.
 ///
 /// A model provides `rank()`, `size()`, `counters()` and, for element types float, double,

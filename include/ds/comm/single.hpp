@@ -12,7 +12,7 @@ namespace ds::comm {
 
 /// One rank: reductions are identities and nothing is copied unless input and output
 /// differ. The counters still record what the algorithm asked for (see `CommCounters`).
-class Single {
+class Single : public EagerAsync<Single> {
 public:
     int rank() const { return 0; }
     int size() const { return 1; }
@@ -50,26 +50,6 @@ public:
     void barrier() {}
     Single split(int, int) { return {}; }
 
-    template <class T>
-    Completed all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
-        all_reduce(buf, n, op);
-        return {};
-    }
-    template <class T>
-    Completed reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
-        reduce_scatter(in, out, n, op);
-        return {};
-    }
-    template <class T>
-    Completed reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
-        reduce_scatter_v(in, out, counts, op);
-        return {};
-    }
-    template <class T>
-    Completed all_gather_async(const T* in, T* out, std::size_t n) {
-        all_gather(in, out, n);
-        return {};
-    }
 
 private:
     CommCounters counters_;

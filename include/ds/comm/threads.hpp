@@ -47,7 +47,7 @@ T combine(T a, T b, ReduceOp op) {
 /// pointer per rank, meet at a barrier and read each other's buffers directly.
 /// Reductions add rank 0's value first, then rank 1's, ... on every rank: deterministic and
 /// bit-identical across ranks. The `_async` calls complete eagerly (`Completed`).
-class Threads {
+class Threads : public EagerAsync<Threads> {
 public:
     /// The n communicators of a new world, rank i at index i.
     static std::vector<Threads> world(int n) {
@@ -180,26 +180,6 @@ public:
         return sub;
     }
 
-    template <class T>
-    Completed all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
-        all_reduce(buf, n, op);
-        return {};
-    }
-    template <class T>
-    Completed reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
-        reduce_scatter(in, out, n, op);
-        return {};
-    }
-    template <class T>
-    Completed reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
-        reduce_scatter_v(in, out, counts, op);
-        return {};
-    }
-    template <class T>
-    Completed all_gather_async(const T* in, T* out, std::size_t n) {
-        all_gather(in, out, n);
-        return {};
-    }
 
 private:
     Threads(std::shared_ptr<detail::ThreadGroup> group, int rank) : group_(std::move(group)), rank_(rank) {}

@@ -117,6 +117,14 @@ TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gather
     ds::Config gathers = config(3);
     gathers.zero_optimization.stage3_param_persistence_threshold = 0;
     check_matches_single_rank<3>(4, gathers, "no persistent parameters");
+    for (int stage : {1, 2}) {
+        ds::Config all_reduce = config(stage);
+        all_reduce.zero_optimization.reduce_scatter = false;
+        all_reduce.gradient_predivide_factor = 2.0;
+        all_reduce.zero_optimization.reduce_bucket_size = 700;
+        if (stage == 1) check_matches_single_rank<1>(4, all_reduce, "reduce_scatter false");
+        else check_matches_single_rank<2>(4, all_reduce, "reduce_scatter false");
+    }
     ds::Config prescale = config(0);
     prescale.prescale_gradients = true;
     check_matches_single_rank<0>(2, prescale, "prescaled");

@@ -50,7 +50,6 @@ public:
     void barrier() {}
     Single split(int, int) { return {}; }
 
-
 private:
     CommCounters counters_;
 };

@@ -123,8 +123,14 @@ public:
         if constexpr (!Z::partitions_optimizer_states) {
             all_reduce_full_gradients();
         } else if constexpr (!Z::partitions_gradients) {
-            scale(full_grads_, 1.0f / static_cast<float>(ranks_));
-            comm_.reduce_scatter(full_grads_.data(), shard_grads_.data(), flat_.shard, comm::ReduceOp::sum);
+            if (cfg_.zero_optimization.reduce_scatter) {
+                scale(full_grads_, 1.0f / static_cast<float>(ranks_));  // pre-divided (SPEC §5.3)
+                comm_.reduce_scatter(full_grads_.data(), shard_grads_.data(), flat_.shard, comm::ReduceOp::sum);
+            } else {  // all-reduce everything, keep this rank's shard
+                all_reduce_full_gradients();
+                std::copy_n(full_grads_.begin() + static_cast<std::ptrdiff_t>(flat_.begin(rank_)), flat_.shard,
+                            shard_grads_.begin());
+            }
         }
         // Stages 2 and 3 reduced during backward.
     }
@@ -221,14 +227,18 @@ private:
     /// Stage 0 (SPEC §5.3): post-scaling by default (÷ predivide factor, SUM, × factor / dp),
     /// or pre-scaling (÷ dp, SUM), in buckets of `reduce_bucket_size` elements.
     void all_reduce_full_gradients() {
-        const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
-        if (cfg_.prescale_gradients) scale(full_grads_, static_cast<float>(1.0 / dp));
-        else if (f != 1.0) scale(full_grads_, static_cast<float>(1.0 / f));
         const auto bucket = static_cast<std::size_t>(cfg_.zero_optimization.reduce_bucket_size);
         for (std::size_t first = 0; first < full_grads_.size(); first += bucket)
-            comm_.all_reduce(full_grads_.data() + first, std::min(bucket, full_grads_.size() - first),
-                             comm::ReduceOp::sum);
-        if (!cfg_.prescale_gradients && f != dp) scale(full_grads_, static_cast<float>(f / dp));
+            averaging_all_reduce({full_grads_.data() + first, std::min(bucket, full_grads_.size() - first)});
+    }
+    /// An all-reduce that averages: ÷ predivide factor, SUM, × factor / dp by default, or
+    /// ÷ dp then SUM with `prescale_gradients` (SPEC §5.3).
+    void averaging_all_reduce(std::span<float> values) {
+        const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
+        if (cfg_.prescale_gradients) scale(values, static_cast<float>(1.0 / dp));
+        else if (f != 1.0) scale(values, static_cast<float>(1.0 / f));
+        comm_.all_reduce(values.data(), values.size(), comm::ReduceOp::sum);
+        if (!cfg_.prescale_gradients && f != dp) scale(values, static_cast<float>(f / dp));
     }
 
     // Stage 2: the bucket covers a contiguous flat range [lo, hi) that grows downwards,
@@ -260,6 +270,14 @@ private:
     /// values; the rest of the range is padding (zeros). With `overlap_comm` the reduction
     /// is left in flight while backward goes on (at most two, like DeepSpeed's two buckets).
     void reduce_range(const float* data, std::size_t count, std::size_t lo, std::size_t hi) {
+        if (!cfg_.zero_optimization.reduce_scatter) {  // all-reduce the bucket, keep this rank's slice
+            scratch_.assign(hi - lo, 0.0f);
+            std::copy_n(data, count, scratch_.begin());
+            averaging_all_reduce(scratch_);
+            const std::size_t a = std::max(lo, flat_.begin(rank_)), b = std::min(hi, flat_.end(rank_));
+            for (std::size_t x = a; x < b; ++x) shard_grads_[x - flat_.begin(rank_)] += scratch_[x - lo];
+            return;
+        }
         if (in_flight_.size() == max_in_flight) complete_oldest();
         Reduction r;
         r.send.assign(hi - lo, 0.0f);

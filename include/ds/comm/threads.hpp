@@ -81,18 +81,8 @@ public:
 
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
-        counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size()));
-        const CommTimer timer(counters_.seconds);
-        auto& g = *group_;
-        g.inputs[rank_] = in;
-        g.sync.arrive_and_wait();
-        for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t at = static_cast<std::size_t>(rank_) * n + i;
-            T acc = static_cast<const T*>(g.inputs[0])[at];
-            for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<const T*>(g.inputs[k])[at], op);
-            out[i] = acc;
-        }
-        g.sync.arrive_and_wait();
+        const std::vector<std::size_t> counts(static_cast<std::size_t>(size()), n);
+        reduce_scatter_v(in, out, std::span<const std::size_t>(counts), op);
     }
 
     /// Reduce-scatter with a count per rank: `in` holds Σ counts values, rank r gets the

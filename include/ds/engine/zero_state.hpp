@@ -14,7 +14,6 @@
 #include <ds/comm/communicator.hpp>
 #include <ds/config/config.hpp>
 #include <ds/device/cpu/simd.hpp>
-#include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/partition.hpp>
 #include <ds/policy/zero.hpp>
@@ -31,7 +30,9 @@ namespace ds {
 /// | 3 | this rank's chunk of every tensor | this rank's chunks | gather each layer before its forward and backward; reduce-scatter each layer's gradient |
 ///
 /// The optimizer sees `shard_params()` / `shard_grads()`: the whole model at stage 0, this
-/// rank's partition otherwise. Gradients are averaged over the ranks (SPEC §5.3).
+/// rank's partition otherwise. Gradients are averaged over the ranks (SPEC §5.3). With
+/// `reduce_scatter: false`, stages 1-2 all-reduce instead and keep their slice; with
+/// `overlap_comm`, stage 2 keeps up to two bucket reductions in flight during backward.
 template <zero_policy Z, class Model, comm::communicator Comm>
 class ZeroState {
 public:

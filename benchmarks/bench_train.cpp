@@ -7,6 +7,9 @@
 
 #include <benchmark/benchmark.h>
 #include <cblas.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include <ds/data/synthetic.hpp>
 #include <ds/engine/engine.hpp>
@@ -18,11 +21,20 @@
 namespace {
 
 using Net = cifar10::CifarNet;
+
+/// OpenMP threads split the convolutions' images; the small fully connected GEMMs stay on
+/// one BLAS thread (OpenBLAS's own threads would spin against OpenMP's on the same cores).
+void set_threads(int n) {
+    openblas_set_num_threads(1);
+#if defined(_OPENMP)
+    omp_set_num_threads(n);
+#endif
+}
 using Engine = ds::Engine<Net, ds::AdamW<>>;
 
 void train_step(benchmark::State& state) {
     const auto batch = static_cast<std::int64_t>(state.range(0));
-    openblas_set_num_threads(static_cast<int>(state.range(1)));
+    set_threads(static_cast<int>(state.range(1)));
     ds::Config cfg = cifar10::ds_config;
     cfg.train_batch_size = batch;
     cfg.optimizer.type = ds::OptimizerType::AdamW;
@@ -47,7 +59,7 @@ void train_step(benchmark::State& state) {
 
 void inference(benchmark::State& state) {
     const auto batch = static_cast<std::int64_t>(state.range(0));
-    openblas_set_num_threads(static_cast<int>(state.range(1)));
+    set_threads(static_cast<int>(state.range(1)));
     ds::Config cfg = cifar10::ds_config;
     cfg.train_batch_size = batch;
     Engine engine(cfg);

@@ -18,6 +18,9 @@
 #include <string>
 
 #include <cblas.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #include <nlohmann/json.hpp>
 
 #include <ds/comm/distributed.hpp>
@@ -270,7 +273,12 @@ int main(int argc, char** argv) {
             return 0;
         }
         const ds::Config cfg = resolve_config(args);
-        if (args.threads) openblas_set_num_threads(*args.threads);
+        // Convolutions split images over OpenMP threads; the small fully connected GEMMs use
+        // one BLAS thread (OpenBLAS's own threads would spin against OpenMP's).
+        openblas_set_num_threads(1);
+#if defined(_OPENMP)
+        if (args.threads) omp_set_num_threads(*args.threads);
+#endif
         Splits data;
         ds::comm::rank_zero_first(world, [&] { data = load_data(args); });  // rank 0 reads (and reports) first
         if (leader)

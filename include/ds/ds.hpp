@@ -31,6 +31,7 @@
 #include <ds/device/cpu/gemm.hpp>
 #endif
 #include <ds/device/cpu/simd.hpp>
+#include <ds/device/cpu/threads.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include <ds/device/cpu/conv_kernels.hpp>
+#include <ds/device/cpu/simd.hpp>
+#include <ds/device/cpu/threads.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -38,11 +40,14 @@ struct Conv2d {
         static constexpr std::size_t weight_offset = 0, bias_offset = Out * filter;
 
         void reserve(std::size_t /*max_batch*/) {
-            padded_in_.resize(C * H * shape::padded_w);
-            padded_grad_.resize(Out * (H + K - 1) * grad_shape::padded_w);
             weights_.resize(Out * filter);
-            weight_grads_.resize(Out * filter);
-            grad_rows_.resize(Out * out_h * std::max(shape::padded_out_w, out_w));
+            scratch_.resize(static_cast<std::size_t>(cpu::max_threads()));
+            for (auto& s : scratch_) {
+                s.padded_in.resize(C * H * shape::padded_w);
+                s.padded_grad.resize(Out * (H + K - 1) * grad_shape::padded_w);
+                s.grad_rows.resize(Out * out_h * std::max(shape::padded_out_w, out_w));
+                s.weight_grads.resize(Out * filter + Out);
+            }
         }
 
         /// PyTorch's default: U(±1/√(In·K·K)) for weight (kaiming-uniform, a = √5) and bias.
@@ -51,42 +56,63 @@ struct Conv2d {
             for (std::size_t i = 0; i < Out * filter + Out; ++i) w[i] = rng.uniform(-bound, bound);
         }
 
+        /// Images are independent: with OpenMP they are split over the threads.
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
             if constexpr (shape::channels_in_lanes) to_channels_last(w, weights_.data());
-            for (std::size_t b = 0; b < batch; ++b) {
-                const float* image = x + b * input_shape::size;
-                float* out = y + b * output_shape::size;
+            const int threads = static_cast<int>(scratch_.size());
+            (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(static) if (batch > 1)
+#endif
+            for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(batch); ++b) {
+                Scratch& s = scratch_[static_cast<std::size_t>(cpu::thread_index())];
+                const float* image = x + static_cast<std::size_t>(b) * input_shape::size;
+                float* out = y + static_cast<std::size_t>(b) * output_shape::size;
                 if constexpr (shape::channels_in_lanes) {
                     cpu::conv::forward_o<C, Out, K, H, W>(image, weights_.data(), w + bias_offset, out);
                 } else {
-                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, padded_in_.data());
-                    cpu::conv::forward_x<C, Out, K, H, W>(padded_in_.data(), w, w + bias_offset, out);
+                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, s.padded_in.data());
+                    cpu::conv::forward_x<C, Out, K, H, W>(s.padded_in.data(), w, w + bias_offset, out);
                 }
             }
         }
 
-        /// Adds the weight and bias gradients to `dw`; writes dx unless it is null.
+        /// Adds the weight and bias gradients to `dw`; writes dx unless it is null. Each
+        /// thread sums its images' weight gradients apart; the partial sums are then added
+        /// in thread order, so a given thread count gives the same bits every run.
         void backward(const float* x, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
                       float* dw) {
-            float* db = dw + bias_offset;
-            if constexpr (shape::channels_in_lanes) std::fill(weight_grads_.begin(), weight_grads_.end(), 0.0f);
             if (dx) flip(w, weights_.data());
-            for (std::size_t b = 0; b < batch; ++b) {
-                const float* image = x + b * input_shape::size;
-                const float* grad_out = dy + b * output_shape::size;
+            for (auto& s : scratch_) std::fill(s.weight_grads.begin(), s.weight_grads.end(), 0.0f);
+            const int threads = static_cast<int>(scratch_.size());
+            (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(static) if (batch > 1)
+#endif
+            for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(batch); ++b) {
+                Scratch& s = scratch_[static_cast<std::size_t>(cpu::thread_index())];
+                const float* image = x + static_cast<std::size_t>(b) * input_shape::size;
+                const float* grad_out = dy + static_cast<std::size_t>(b) * output_shape::size;
+                float* db = s.weight_grads.data() + Out * filter;
                 for (std::size_t o = 0; o < Out; ++o) db[o] += cpu::sum(grad_out + o * pixels, pixels);
                 if constexpr (shape::channels_in_lanes) {
                     for (std::size_t p = 0; p < pixels; ++p)  // [O][pixels] -> [pixels][O]
-                        for (std::size_t o = 0; o < Out; ++o) grad_rows_[p * Out + o] = grad_out[o * pixels + p];
-                    cpu::conv::weight_grad_o<C, Out, K, H, W>(image, grad_rows_.data(), weight_grads_.data());
+                        for (std::size_t o = 0; o < Out; ++o) s.grad_rows[p * Out + o] = grad_out[o * pixels + p];
+                    cpu::conv::weight_grad_o<C, Out, K, H, W>(image, s.grad_rows.data(), s.weight_grads.data());
                 } else {
-                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, padded_in_.data());
-                    cpu::conv::pad_rows(grad_out, Out * out_h, out_w, shape::padded_out_w, grad_rows_.data());
-                    cpu::conv::weight_grad_x<C, Out, K, H, W>(padded_in_.data(), grad_rows_.data(), dw);
+                    cpu::conv::pad_rows(image, C * H, W, shape::padded_w, s.padded_in.data());
+                    cpu::conv::pad_rows(grad_out, Out * out_h, out_w, shape::padded_out_w, s.grad_rows.data());
+                    cpu::conv::weight_grad_x<C, Out, K, H, W>(s.padded_in.data(), s.grad_rows.data(),
+                                                              s.weight_grads.data());
                 }
-                if (dx) input_grad(grad_out, dx + b * input_shape::size);
+                if (dx) input_grad(s, grad_out, dx + static_cast<std::size_t>(b) * input_shape::size);
             }
-            if constexpr (shape::channels_in_lanes) add_from_channels_last(weight_grads_.data(), dw);
+            for (const auto& s : scratch_) {
+                if constexpr (shape::channels_in_lanes) add_from_channels_last(s.weight_grads.data(), dw);
+                else
+                    for (std::size_t i = 0; i < Out * filter; ++i) dw[i] += s.weight_grads[i];
+                for (std::size_t o = 0; o < Out; ++o) dw[bias_offset + o] += s.weight_grads[Out * filter + o];
+            }
         }
 
     private:
@@ -107,18 +133,26 @@ struct Conv2d {
                         for (std::size_t j = 0; j < K; ++j)
                             f[((c * Out + o) * K + (K - 1 - i)) * K + (K - 1 - j)] = w[((o * C + c) * K + i) * K + j];
         }
+        /// Per-thread work buffers.
+        struct Scratch {
+            std::vector<float> padded_in, padded_grad, grad_rows;
+            std::vector<float> weight_grads;  ///< this thread's weight (as laid out by the kernel) and bias gradients
+        };
+
         /// dx = the output gradient, zero-padded by K − 1 on every side, convolved with the flipped weights.
-        void input_grad(const float* grad_out, float* grad_in) {
+        void input_grad(Scratch& s, const float* grad_out, float* grad_in) {
             constexpr std::size_t ph = H + K - 1, stride = grad_shape::padded_w;
-            std::fill(padded_grad_.begin(), padded_grad_.end(), 0.0f);
+            std::fill(s.padded_grad.begin(), s.padded_grad.end(), 0.0f);
             for (std::size_t o = 0; o < Out; ++o)
                 for (std::size_t r = 0; r < out_h; ++r)
                     std::copy_n(grad_out + (o * out_h + r) * out_w, out_w,
-                                padded_grad_.data() + (o * ph + r + K - 1) * stride + K - 1);
-            cpu::conv::forward_x<Out, C, K, H + K - 1, W + K - 1>(padded_grad_.data(), weights_.data(), nullptr, grad_in);
+                                s.padded_grad.data() + (o * ph + r + K - 1) * stride + K - 1);
+            cpu::conv::forward_x<Out, C, K, H + K - 1, W + K - 1>(s.padded_grad.data(), weights_.data(), nullptr,
+                                                                  grad_in);
         }
 
-        std::vector<float> padded_in_, padded_grad_, weights_, weight_grads_, grad_rows_;
+        std::vector<float> weights_;  ///< channels-last (forward) or flipped (backward) weights, shared
+        std::vector<Scratch> scratch_;
     };
 };
 

@@ -59,22 +59,17 @@ struct Conv2d {
         /// Images are independent: with OpenMP they are split over the threads.
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
             if constexpr (shape::channels_in_lanes) to_channels_last(w, weights_.data());
-            const int threads = static_cast<int>(scratch_.size());
-            (void)threads;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(static) if (batch > 1)
-#endif
-            for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(batch); ++b) {
-                Scratch& s = scratch_[static_cast<std::size_t>(cpu::thread_index())];
-                const float* image = x + static_cast<std::size_t>(b) * input_shape::size;
-                float* out = y + static_cast<std::size_t>(b) * output_shape::size;
+            cpu::parallel_for(batch, static_cast<int>(scratch_.size()), [&](std::size_t b, std::size_t thread) {
+                Scratch& s = scratch_[thread];
+                const float* image = x + b * input_shape::size;
+                float* out = y + b * output_shape::size;
                 if constexpr (shape::channels_in_lanes) {
                     cpu::conv::forward_o<C, Out, K, H, W>(image, weights_.data(), w + bias_offset, out);
                 } else {
                     cpu::conv::pad_rows(image, C * H, W, shape::padded_w, s.padded_in.data());
                     cpu::conv::forward_x<C, Out, K, H, W>(s.padded_in.data(), w, w + bias_offset, out);
                 }
-            }
+            });
         }
 
         /// Adds the weight and bias gradients to `dw`; writes dx unless it is null. Each
@@ -84,15 +79,10 @@ struct Conv2d {
                       float* dw) {
             if (dx) flip(w, weights_.data());
             for (auto& s : scratch_) std::fill(s.weight_grads.begin(), s.weight_grads.end(), 0.0f);
-            const int threads = static_cast<int>(scratch_.size());
-            (void)threads;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(static) if (batch > 1)
-#endif
-            for (std::ptrdiff_t b = 0; b < static_cast<std::ptrdiff_t>(batch); ++b) {
-                Scratch& s = scratch_[static_cast<std::size_t>(cpu::thread_index())];
-                const float* image = x + static_cast<std::size_t>(b) * input_shape::size;
-                const float* grad_out = dy + static_cast<std::size_t>(b) * output_shape::size;
+            cpu::parallel_for(batch, static_cast<int>(scratch_.size()), [&](std::size_t b, std::size_t thread) {
+                Scratch& s = scratch_[thread];
+                const float* image = x + b * input_shape::size;
+                const float* grad_out = dy + b * output_shape::size;
                 float* db = s.weight_grads.data() + Out * filter;
                 for (std::size_t o = 0; o < Out; ++o) db[o] += cpu::sum(grad_out + o * pixels, pixels);
                 if constexpr (shape::channels_in_lanes) {
@@ -105,8 +95,8 @@ struct Conv2d {
                     cpu::conv::weight_grad_x<C, Out, K, H, W>(s.padded_in.data(), s.grad_rows.data(),
                                                               s.weight_grads.data());
                 }
-                if (dx) input_grad(s, grad_out, dx + static_cast<std::size_t>(b) * input_shape::size);
-            }
+                if (dx) input_grad(s, grad_out, dx + b * input_shape::size);
+            });
             for (const auto& s : scratch_) {
                 if constexpr (shape::channels_in_lanes) add_from_channels_last(s.weight_grads.data(), dw);
                 else

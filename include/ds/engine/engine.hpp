@@ -20,7 +20,6 @@
 #include <ds/config/config.hpp>
 #include <ds/config/json.hpp>
 #include <ds/device/cpu/simd.hpp>
-#include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
 #include <ds/nn/cross_entropy.hpp>

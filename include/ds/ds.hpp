@@ -27,6 +27,7 @@
 #endif
 #include <ds/data/synthetic.hpp>
 #include <ds/device/cpu/conv_kernels.hpp>
+#include <ds/device/cpu/convert.hpp>
 #if __has_include(<cblas.h>)
 #include <ds/device/cpu/gemm.hpp>
 #endif
@@ -53,6 +54,7 @@
 #include <ds/numeric/bf16.hpp>
 #include <ds/numeric/bit_cast.hpp>
 #include <ds/numeric/half.hpp>
+#include <ds/numeric/storage.hpp>
 #include <ds/optim/adam.hpp>
 #include <ds/optim/lamb.hpp>
 #include <ds/optim/lion.hpp>

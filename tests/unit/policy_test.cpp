@@ -18,7 +18,12 @@ TEST_CASE_TEMPLATE("Zero<S> partitions cumulatively", Z, ds::Zero<0>, ds::Zero<1
 }
 
 TEST_CASE("precision policies store 2-byte compute types and keep fp32 where DeepSpeed does") {
-    static_assert(sizeof(ds::BF16::compute_type) == 2 && std::is_same_v<ds::BF16::grad_type, float>);
+    static_assert(sizeof(ds::BF16::compute_type) == 2 && sizeof(ds::BF16::grad_type) == 2);
+    // Gradients accumulate in the model's dtype, except bf16 without ZeRO (fp32), as DeepSpeed.
+    static_assert(std::is_same_v<ds::grad_accumulation_t<ds::BF16, ds::Zero<0>>, float>);
+    static_assert(std::is_same_v<ds::grad_accumulation_t<ds::BF16, ds::Zero<1>>, ds::bf16>);
+    static_assert(std::is_same_v<ds::grad_accumulation_t<ds::FP16<>, ds::Zero<0>>, ds::half>);
+    static_assert(std::is_same_v<ds::grad_accumulation_t<ds::FP32, ds::Zero<3>>, float>);
     static_assert(sizeof(ds::FP16<>::compute_type) == 2 && sizeof(ds::FP16<>::grad_type) == 2);
     static_assert(std::is_same_v<ds::FP16<>::scaler, ds::DynamicLossScaler>);
     static_assert(!ds::FP32::has_master_weights && ds::BF16::has_master_weights && ds::FP16<>::has_master_weights);

@@ -14,6 +14,7 @@
 #include <mpi.h>
 
 #include <ds/comm/communicator.hpp>
+#include <ds/numeric/storage.hpp>
 
 namespace ds::comm {
 
@@ -40,10 +41,42 @@ MPI_Datatype mpi_type() {
     else if constexpr (std::is_same_v<T, std::int32_t>) return MPI_INT32_T;
     else if constexpr (std::is_same_v<T, std::int64_t>) return MPI_INT64_T;
     else if constexpr (std::is_same_v<T, std::uint8_t>) return MPI_UINT8_T;
+    else if constexpr (narrow_float<T>) return MPI_UINT16_T;  // moved as bits, reduced by narrow_reduce
     else static_assert(sizeof(T) == 0, "ds::comm::Mpi: no MPI datatype for this element type");
 }
 
-inline MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+/// MPI has no bf16 or fp16: their reductions are user operations that add (or take the
+/// max) in float and round once per combination, as the threaded communicator does.
+template <class T, ReduceOp Op>
+void narrow_reduce(void* in, void* inout, int* length, MPI_Datatype*) {
+    const auto* a = static_cast<const T*>(in);
+    auto* b = static_cast<T*>(inout);
+    for (int i = 0; i < *length; ++i) {
+        const float x = static_cast<float>(a[i]), y = static_cast<float>(b[i]);
+        if constexpr (Op == ReduceOp::sum) b[i] = T(x + y);
+        else b[i] = (x != x || y != y) ? T(x != x ? x : y) : T(x > y ? x : y);
+    }
+}
+
+template <class T>
+MPI_Op mpi_op(ReduceOp op) {
+    if constexpr (narrow_float<T>) {
+        // Created once, after MPI_Init (the first reduction comes after it); MPI frees them at finalize.
+        static const MPI_Op sum = [] {
+            MPI_Op o;
+            MPI_Op_create(&narrow_reduce<T, ReduceOp::sum>, 1, &o);
+            return o;
+        }();
+        static const MPI_Op max = [] {
+            MPI_Op o;
+            MPI_Op_create(&narrow_reduce<T, ReduceOp::max>, 1, &o);
+            return o;
+        }();
+        return op == ReduceOp::sum ? sum : max;
+    } else {
+        return op == ReduceOp::sum ? MPI_SUM : MPI_MAX;
+    }
+}
 
 }  // namespace detail
 
@@ -141,13 +174,13 @@ public:
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
         counters_.add(Op::all_reduce, 2 * n);
         const CommTimer timer(counters_.seconds);
-        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+        DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_));
     }
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
         const CommTimer timer(counters_.seconds);
-        DS_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+        DS_MPI_CHECK(MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_));
     }
     template <class T>
     void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
@@ -156,7 +189,7 @@ public:
         for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
         counters_.add(Op::reduce_scatter, total);
         const CommTimer timer(counters_.seconds);
-        DS_MPI_CHECK(MPI_Reduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op(op), comm_));
+        DS_MPI_CHECK(MPI_Reduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_));
     }
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {
@@ -193,7 +226,7 @@ public:
     MpiRequest all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
         counters_.add(Op::all_reduce, 2 * n);
         MPI_Request r;
-        DS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+        DS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds);
     }
     template <class T>
@@ -201,7 +234,7 @@ public:
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
         MPI_Request r;
         DS_MPI_CHECK(
-            MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+            MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds);
     }
     template <class T>
@@ -211,7 +244,7 @@ public:
         for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
         counters_.add(Op::reduce_scatter, total);
         MPI_Request r;
-        DS_MPI_CHECK(MPI_Ireduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op(op), comm_, &r));
+        DS_MPI_CHECK(MPI_Ireduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds, std::move(ints));
     }
     template <class T>

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <ds/comm/communicator.hpp>
+#include <ds/numeric/storage.hpp>
 
 namespace ds::comm {
 
@@ -33,6 +34,9 @@ struct ThreadGroup {
 
 template <class T>
 T combine(T a, T b, ReduceOp op) {
+    if constexpr (narrow_float<T>) {  // 2-byte floats: combined in float, rounded once per addition
+        return T(combine(static_cast<float>(a), static_cast<float>(b), op));
+    }
     if (op == ReduceOp::sum) return a + b;
     if constexpr (std::is_floating_point_v<T>) {
         if (a != a || b != b) return a != a ? a : b;  // NaN wins, so overflow checks see it

@@ -19,6 +19,7 @@
 #include <ds/config/check.hpp>
 #include <ds/config/config.hpp>
 #include <ds/config/json.hpp>
+#include <ds/device/cpu/convert.hpp>
 #include <ds/device/cpu/simd.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
@@ -51,22 +52,30 @@ struct MemoryReport {
 /// principle 1); the numbers (learning rate, batch sizes, clipping, schedule) come from a
 /// `ds::Config` at run time and must agree with the policies (`ds::check_agrees`).
 ///
-/// Parameters, gradients and optimizer states live in flat fp32 buffers laid out as
-/// `Model::parameters` says; each layer reads its tensors at constexpr offsets.
+/// Parameters, gradients and optimizer states live in flat buffers laid out as
+/// `Model::parameters` says; each layer reads its tensors at constexpr offsets. `P` sets
+/// their dtypes: `FP32` keeps everything in fp32; `BF16` and `FP16<Scaler>` store parameters,
+/// activations and gradients in 2 bytes (BF16 accumulates gradients in fp32 at stage 0, as
+/// DeepSpeed does) and update an fp32 master copy; FP16 multiplies the loss by the
+/// scaler's scale and skips the steps whose gradients overflow.
 ///
 /// Ranks talk through `Comm` (`comm::Single` by default; `comm::Mpi` under mpirun,
 /// `comm::Threads` for in-process tests); `ZeroState` keeps what stage Z partitions.
 ///
-/// So far: `FP32` on `Cpu`, every ZeRO stage. The other combinations are refused at
-/// compile time until their issues land, never run as something else.
+/// So far: `Cpu`, every ZeRO stage and precision. `Cuda` is refused at compile time until
+/// its issue lands, never run as something else.
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
 class Engine {
-    static_assert(std::is_same_v<P, FP32>, "ds::Engine: only ds::FP32 is built so far (BF16/FP16 come next)");
     static_assert(std::is_same_v<D, Cpu>, "ds::Engine: only ds::Cpu is built so far");
 
 public:
     using model_type = Model;
+    using compute_type = typename P::compute_type;  ///< parameters and activations
+    using grad_type = grad_accumulation_t<P, Z>;     ///< gradients as accumulated across micro-steps
+    using scaler_type = typename loss_scaler_of<P>::type;
+    /// The model with its values stored in the compute dtype.
+    using network_type = typename Model::template with_storage<compute_type>;
     using policies = Policies<Opt, Z, P, D>;
     using optimizer_type = FlatOptimizer<Opt>;
     using communicator_type = Comm;
@@ -83,10 +92,16 @@ public:
           batch_(batch_sizes(cfg_, comm_.size())),
           model_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu)),
           zero_(comm_, cfg_, initial_parameters(comm_, cfg_)),
+          scaler_(make_scaler(cfg_)),
           optimizer_(cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
                      zero_.shard_params().size()),
           scheduler_(cfg_.scheduler, optimizer_.hyper().lr, beta1_of(optimizer_.hyper())),
-          input_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * input_size) {
+          input_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * input_size),
+          scaled_grad_output_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * output_size) {
+        if constexpr (!std::is_same_v<compute_type, float>) {
+            logits_.resize(scaled_grad_output_.size());
+            grad_output_.resize(scaled_grad_output_.size());
+        }
         if constexpr (Z::partitions_optimizer_states) {
             tensors_.push_back({0, zero_.shard_params().size()});  // a partition is one tensor (SPEC §2.2)
         } else {
@@ -99,8 +114,9 @@ public:
 
     // --- the training step -------------------------------------------------------------
 
-    /// Runs the model on a batch of up to `train_micro_batch_size_per_gpu` samples.
-    /// @returns the outputs (logits), valid until the next forward
+    /// Runs the model on a batch of up to `train_micro_batch_size_per_gpu` samples, cast to
+    /// the compute dtype first (the example's `inputs.to(target_dtype)`).
+    /// @returns the outputs (logits) as fp32 for the loss, valid until the next forward
     std::span<const float> forward(std::span<const float> inputs) {
         if (inputs.empty() || inputs.size() % input_size != 0)
             throw std::invalid_argument("Engine::forward: " + std::to_string(inputs.size()) +
@@ -109,23 +125,38 @@ public:
         if (batch > model_.max_batch())
             throw std::invalid_argument("Engine::forward: batch of " + std::to_string(batch) +
                                         " exceeds train_micro_batch_size_per_gpu " + std::to_string(model_.max_batch()));
-        std::copy(inputs.begin(), inputs.end(), input_.begin());
+        cpu::convert(inputs.data(), input_.data(), inputs.size());
         batch_in_flight_ = batch;
-        return {model_.forward(input_.data(), batch, zero_), batch * output_size};
+        const compute_type* out = model_.forward(input_.data(), batch, zero_);
+        if constexpr (std::is_same_v<compute_type, float>) {
+            return {out, batch * output_size};
+        } else {
+            cpu::convert(out, logits_.data(), batch * output_size);
+            return {logits_.data(), batch * output_size};
+        }
     }
 
     /// Backward from `loss` (whose gradient is with respect to the last forward's outputs),
-    /// adding this micro-batch's gradients, divided by the accumulation steps, to the
-    /// gradient buffer. @returns the loss as DeepSpeed's backward does: value / GAS
+    /// adding this micro-batch's gradients, divided by the accumulation steps (and, in
+    /// fp16, multiplied by the loss scale), to the gradient buffer.
+    /// @returns the loss as DeepSpeed's backward does: value / GAS
     float backward(const nn::Loss& loss) {
         if (loss.batch != batch_in_flight_ || loss.grad_output.size() != batch_in_flight_ * output_size)
             throw std::invalid_argument("Engine::backward: the loss is not of the last forward's outputs");
         const auto gas = static_cast<float>(batch_.gradient_accumulation_steps);
-        const float* grad_output = loss.grad_output.data();
-        if (gas != 1.0f) {
-            scaled_grad_output_.assign(loss.grad_output.begin(), loss.grad_output.end());
-            for (float& g : scaled_grad_output_) g /= gas;
-            grad_output = scaled_grad_output_.data();
+        const auto factor = static_cast<float>(scaler_.scale()) / gas;
+        const std::size_t n = loss.grad_output.size();
+        const float* scaled = loss.grad_output.data();
+        if (factor != 1.0f) {
+            for (std::size_t i = 0; i < n; ++i) scaled_grad_output_[i] = loss.grad_output[i] * factor;
+            scaled = scaled_grad_output_.data();
+        }
+        const compute_type* grad_output;
+        if constexpr (std::is_same_v<compute_type, float>) {
+            grad_output = scaled;
+        } else {
+            cpu::convert(scaled, grad_output_.data(), n);
+            grad_output = grad_output_.data();
         }
         model_.backward(grad_output, zero_);
         zero_.backward_finished();
@@ -155,8 +186,11 @@ public:
     std::int64_t skipped_steps() const { return skipped_steps_; }
     std::int64_t micro_steps() const { return micro_steps_; }
     bool was_step_applied() const { return step_applied_; }
-    /// The unclipped global L2 norm of the last boundary's gradient (NaN/inf if it overflowed).
+    /// The unclipped, unscaled global L2 norm of the last boundary's gradient (NaN/inf if it overflowed).
     double get_global_grad_norm() const { return global_grad_norm_; }
+    /// The scale the next backward multiplies the loss by (1 unless fp16).
+    double loss_scale() const { return scaler_.scale(); }
+    const scaler_type& loss_scaler() const { return scaler_; }
     /// One learning rate per parameter group, like DeepSpeed (dspp has one group).
     std::vector<double> get_lr() const { return {scheduler_.get_lr()}; }
     /// The betas per group, as the progress log prints them.
@@ -183,8 +217,9 @@ public:
     std::int64_t gradient_accumulation_steps() const { return batch_.gradient_accumulation_steps; }
     const Config& config() const { return cfg_; }
 
-    /// The whole model's parameters (Ψ values, laid out as `Model::parameters`); gathered
-    /// from all ranks at stage 3, so every rank must call it then.
+    /// The whole model's parameters in fp32 (Ψ values, laid out as `Model::parameters`; the
+    /// master weights in mixed precision), gathered from the ranks that partition them,
+    /// so every rank must call it at stages 1-3 in mixed precision and at stage 3.
     std::vector<float> full_parameters() { return zero_.full_parameters(); }
     /// Replaces the whole model's parameters; every rank passes the same values.
     void set_full_parameters(std::span<const float> values) {
@@ -195,20 +230,23 @@ public:
     }
     /// This rank's gradient as accumulated since the last boundary: the full buffer at
     /// stages 0-1, this rank's averaged partition at stages 2-3.
-    std::span<float> gradients() {
+    std::span<grad_type> gradients() {
         if constexpr (Z::partitions_gradients) return zero_.shard_grads();
         else return zero_.accumulated_gradients();
     }
     optimizer_type& optimizer() { return optimizer_; }
     sched::LRScheduler& lr_scheduler() { return scheduler_; }
-    Model& module() { return model_; }
+    network_type& module() { return model_; }
 
     MemoryReport memory_report() const {
         MemoryReport r;
         r.parameters = zero_.parameter_bytes();
         r.gradients = zero_.gradient_bytes();
+        r.master_weights = zero_.master_bytes();
         r.optimizer_states = optimizer_.state_bytes();
-        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + input_.size() * sizeof(float);
+        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + input_.size() * sizeof(compute_type) +
+                    (logits_.size() + scaled_grad_output_.size()) * sizeof(float) +
+                    grad_output_.size() * sizeof(compute_type);
         return r;
     }
 
@@ -225,6 +263,13 @@ private:
         else return 0.0;
     }
 
+    static scaler_type make_scaler(const Config& cfg) {
+        if constexpr (std::is_same_v<scaler_type, DynamicLossScaler>)
+            return DynamicLossScaler(dynamic_loss_scale_args(cfg.fp16));
+        else if constexpr (P::scales_loss) return scaler_type(cfg.fp16.loss_scale);
+        else return scaler_type(1.0);
+    }
+
     /// Every rank draws the same initial weights from the seed; rank 0's are broadcast anyway,
     /// as DeepSpeed does, so ranks can never start apart.
     static std::vector<float> initial_parameters(Comm& comm, const Config& cfg) {
@@ -237,21 +282,20 @@ private:
 
     void take_model_step() {
         zero_.reduce_gradients();
-        global_grad_norm_ = std::sqrt(zero_.gradient_square_norm());
+        const double scale = scaler_.scale();
+        global_grad_norm_ = std::sqrt(zero_.gradient_square_norm()) / scale;
         step_applied_ = std::isfinite(global_grad_norm_);
         if (step_applied_) {
             consecutive_skips_ = 0;
-            if (cfg_.gradient_clipping > 0.0) {  // SPEC §5.1, fp32 path: coef = min(1, c / (norm + 1e-6))
-                const double coef = cfg_.gradient_clipping / (global_grad_norm_ + 1e-6);
-                if (coef < 1.0)
-                    for (float& g : zero_.shard_grads()) g *= static_cast<float>(coef);
-            }
             std::optional<double> beta1, beta2 = scheduler_.beta2_override();
             if (beta2) beta1 = scheduler_.get_beta1();
-            optimizer_.step(zero_.shard_params().data(), zero_.shard_grads().data(), scheduler_.get_lr(), beta1, beta2,
-                            tensors_);
+            optimizer_.step(zero_.shard_params().data(), zero_.shard_grads().data(), unscale_and_clip(scale),
+                            scheduler_.get_lr(), beta1, beta2, tensors_);
             zero_.publish_parameters();
             scheduler_.step();
+            if constexpr (P::scales_loss) scaler_.update(false);
+        } else if constexpr (P::scales_loss) {
+            skip_overflowing_step();
         } else {
             skip_non_finite_step();
         }
@@ -259,6 +303,32 @@ private:
         report_progress();
         ++global_steps_;
         global_samples_ += batch_.train_batch_size;
+    }
+
+    /// The one multiply that turns the accumulated gradient into the optimizer's (SPEC §5.1):
+    /// 1/S · min(1, c / (N + 1e-6)), written as DeepSpeed writes each path.
+    float unscale_and_clip(double scale) const {
+        const double c = cfg_.gradient_clipping, norm = global_grad_norm_;
+        if constexpr (P::scales_loss) {  // fp16 wrappers: 1 / (S · max(1, (N + 1e-6) / c))
+            const double clip = c > 0.0 ? (norm + 1e-6) / c : 1.0;
+            return static_cast<float>(1.0 / (clip > 1.0 ? clip * scale : scale));
+        } else {  // coef = c / (N + 1e-6), applied when below 1
+            const double coef = c > 0.0 ? c / (norm + 1e-6) : 1.0;
+            return coef < 1.0 ? static_cast<float>(coef) : 1.0f;
+        }
+    }
+
+    /// fp16: an overflow skips the step and the scaler lowers the scale, or throws at the
+    /// minimum (SPEC §4.1, §4.3); rank 0 logs it as DeepSpeed does.
+    void skip_overflowing_step() {
+        ++skipped_steps_;
+        const double attempted = scaler_.scale();
+        scaler_.update(true);
+        if (comm_.rank() != 0) return;
+        std::ostringstream line;
+        line << "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: " << attempted
+             << ", reducing to " << scaler_.scale();
+        log_line(LogLevel::info, line.str());
     }
 
     /// The decisions table: a non-finite gradient skips the step with a warning, and too
@@ -283,18 +353,22 @@ private:
         const auto mom = get_mom()[0];
         for (std::size_t i = 0; i < mom.size(); ++i) line << (i ? ", " : "") << mom[i];
         line << "]]";
+        if constexpr (P::scales_loss) line << ", loss_scale=" << scaler_.scale();
         log_line(LogLevel::info, line.str());
     }
 
     Comm comm_;
     Config cfg_;
     BatchSizes batch_;
-    Model model_;
-    ZeroState<Z, Model, Comm> zero_;
+    network_type model_;
+    ZeroState<Z, P, Model, Comm> zero_;
+    scaler_type scaler_;
     optimizer_type optimizer_;
     sched::LRScheduler scheduler_;
     std::vector<Segment> tensors_;
-    std::vector<float> input_, scaled_grad_output_;
+    std::vector<compute_type> input_;
+    std::vector<float> scaled_grad_output_, logits_;  ///< fp32 views of the outputs and of their scaled gradient
+    std::vector<compute_type> grad_output_;
     std::size_t batch_in_flight_ = 0;
     std::int64_t global_steps_ = 0, global_samples_ = 0, skipped_steps_ = 0, micro_steps_ = 0;
     int consecutive_skips_ = 0;

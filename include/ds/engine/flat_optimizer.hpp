@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <type_traits>
 
+#include <ds/device/cpu/convert.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/optim/optimizer.hpp>
 
@@ -27,7 +29,7 @@ public:
     static constexpr bool per_tensor = requires { Opt::per_tensor; };
 
     FlatOptimizer(const Hyper& hyper, std::size_t elements)
-        : hyper_(hyper), states_(Opt::state_buffers + (per_tensor ? 1 : 0), elements) {}
+        : hyper_(hyper), states_(Opt::state_buffers + (per_tensor ? 2 : 0), elements) {}
 
     const Hyper& hyper() const { return hyper_; }
     Hyper& hyper() { return hyper_; }
@@ -41,8 +43,13 @@ public:
     /// One optimizer step over `params` with gradients `grads` (both `elements` long) at
     /// learning rate `lr`, optionally with β1 and β2 replaced (OneCycle's momentum).
     /// Per-tensor optimizers (Lamb) treat each of `tensors` as one tensor.
-    void step(float* params, const float* grads, double lr, std::optional<double> beta1, std::optional<double> beta2,
-              std::span<const Segment> tensors) {
+    ///
+    /// The gradients may be in a 2-byte dtype; they are widened block by block and
+    /// multiplied by `grad_factor` as they are read: unscaling and clipping in one
+    /// multiply, without a full-size fp32 gradient copy (SPEC §5.1).
+    template <storage_float G>
+    void step(float* params, const G* grads, float grad_factor, double lr, std::optional<double> beta1,
+              std::optional<double> beta2, std::span<const Segment> tensors) {
         Hyper h = hyper_;
         if constexpr (requires { h.betas; }) {
             if (beta1) h.betas[0] = *beta1;
@@ -50,16 +57,33 @@ public:
         }
         const auto update = Opt::update(h, lr, ++steps_);
         float* const* states = states_.pointers();
+        const bool as_given = std::is_same_v<G, float> && grad_factor == 1.0f;
         if constexpr (per_tensor) {
             float* scratch = states_[Opt::state_buffers];
+            float* widened = states_[Opt::state_buffers + 1];
             for (const Segment& t : tensors) {
                 float* segment_states[Opt::state_buffers];
                 for (std::size_t k = 0; k < Opt::state_buffers; ++k) segment_states[k] = states[k] + t.offset;
-                update.step_tensor(params + t.offset, grads + t.offset, segment_states, scratch, t.count);
+                const float* g = reinterpret_cast<const float*>(grads) + t.offset;
+                if (!as_given) {
+                    cpu::convert(grads + t.offset, widened, t.count);
+                    for (std::size_t i = 0; i < t.count; ++i) widened[i] *= grad_factor;
+                    g = widened;
+                }
+                update.step_tensor(params + t.offset, g, segment_states, scratch, t.count);
             }
-        } else {
+        } else if (as_given) {
             const std::size_t n = states_.elements();
-            for (std::size_t i = 0; i < n; ++i) update(i, params, grads, states);
+            for (std::size_t i = 0; i < n; ++i) update(i, params, reinterpret_cast<const float*>(grads), states);
+        } else {
+            cpu::for_each_widened<256>(grads, states_.elements(), [&](const float* block, std::size_t first,
+                                                                      std::size_t count) {
+                alignas(64) float g[256];
+                for (std::size_t i = 0; i < count; ++i) g[i] = block[i] * grad_factor;
+                float* shifted[Opt::state_buffers];
+                for (std::size_t k = 0; k < Opt::state_buffers; ++k) shifted[k] = states[k] + first;
+                for (std::size_t i = 0; i < count; ++i) update(i, params + first, g, shifted);
+            });
         }
     }
 

@@ -8,9 +8,11 @@
 #include <cstddef>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include <ds/device/cpu/convert.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -79,8 +81,16 @@ constexpr void append_number(std::array<char, 64>& out, std::size_t& at, std::si
 /// inferred from its input shape, and a mismatch stops compilation in that layer's
 /// `static_assert`. Parameters live in one flat buffer that the caller owns (the engine's
 /// flat buffers, DESIGN principle 4), in layer order, each layer's tensors in PyTorch order.
-template <class Input, class... Layers>
-class Sequential {
+///
+/// `T` is the dtype parameters, activations and activation gradients are stored in. The
+/// layers compute in float: with a 2-byte `T` each layer's inputs and parameters are
+/// widened (exactly) into float work buffers, and its outputs rounded back to `T`, so
+/// every stored value is a `T` and every sum is accumulated in fp32 — what PyTorch's CPU
+/// kernels do for a bf16 or fp16 module. Parameter gradients are rounded to `T` and added
+/// into the caller's accumulation buffer, whose dtype the hooks choose.
+/// `Sequential<Input, Layers...>` is the fp32 model; the engine rebinds it with `with_storage`.
+template <class T, class Input, class... Layers>
+class BasicSequential {
     using chain = detail::Chain<Input, Layers...>;
     using layer_tuple = typename chain::layers;
     static constexpr std::size_t layer_count = sizeof...(Layers);
@@ -97,8 +107,12 @@ class Sequential {
     }();
 
 public:
+    using value_type = T;
     using input_shape = Input;
     using output_shape = typename chain::output;
+    /// The same model storing its values in `U`.
+    template <class U>
+    using with_storage = BasicSequential<U, Input, Layers...>;
     /// Ψ: the number of trainable values.
     static constexpr std::size_t param_count = layer_offsets[layer_count];
 
@@ -132,7 +146,7 @@ public:
     }();
 
     /// Allocates activations and work buffers for batches of up to `max_batch` samples.
-    explicit Sequential(std::size_t max_batch) : max_batch_(max_batch) {
+    explicit BasicSequential(std::size_t max_batch) : max_batch_(max_batch) {
         std::size_t widest = Input::size;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             ((std::get<I>(layers_).reserve(max_batch),
@@ -142,6 +156,13 @@ public:
         }(std::make_index_sequence<layer_count>{});
         grad_a_.resize(max_batch * widest);
         grad_b_.resize(max_batch * widest);
+        if constexpr (!std::is_same_v<T, float>) {
+            std::size_t widest_layer = 0;
+            for (const auto& r : layer_ranges) widest_layer = std::max(widest_layer, r.count);
+            for (auto* b : {&x32_, &y32_, &dy32_, &dx32_}) b->resize(max_batch * widest);
+            w32_.resize(widest_layer);
+            dw32_.resize(widest_layer);
+        }
     }
 
     std::size_t max_batch() const { return max_batch_; }
@@ -150,7 +171,8 @@ public:
     std::size_t buffer_bytes() const {
         std::size_t n = grad_a_.size() + grad_b_.size();
         for (const auto& a : activations_) n += a.size();
-        return n * sizeof(float);
+        const std::size_t work = x32_.size() + y32_.size() + dy32_.size() + dx32_.size() + w32_.size() + dw32_.size();
+        return n * sizeof(T) + work * sizeof(float);
     }
 
     /// PyTorch's default initialisation of every layer, in layer order, from `rng`.
@@ -173,15 +195,16 @@ public:
     /// Runs the layers on `batch` samples at `x` (kept by pointer until `backward`) with
     /// parameters from one flat buffer.
     /// @returns the output, `batch × output_shape::size` values owned by the model
-    const float* forward(const float* x, std::size_t batch, const float* params) {
-        FlatHooks hooks{params, nullptr};
+    const T* forward(const T* x, std::size_t batch, const T* params) {
+        FlatHooks<T> hooks{params, nullptr};
         return forward(x, batch, hooks);
     }
 
     /// Backward from d loss / d output of the last `forward`, adding parameter gradients
     /// into `grads` (same layout as the parameters). No gradient is formed for the input.
-    void backward(const float* grad_output, const float* params, float* grads) {
-        FlatHooks hooks{params, grads};
+    template <class G>
+    void backward(const T* grad_output, const T* params, G* grads) {
+        FlatHooks<G> hooks{params, grads};
         backward(grad_output, hooks);
     }
 
@@ -189,7 +212,7 @@ public:
     /// the layer's parameters (ZeRO-3 gathers them there), `hooks.forward_done(range)`
     /// follows the layer (and may release them). Layers without parameters are not announced.
     template <class Hooks>
-    const float* forward(const float* x, std::size_t batch, Hooks& hooks) {
+    const T* forward(const T* x, std::size_t batch, Hooks& hooks) {
         input_ = x;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             (forward_layer<I>(batch, hooks), ...);
@@ -203,30 +226,37 @@ public:
     /// `hooks.backward_done(range)` follows the layer: its gradient is complete for this
     /// micro-batch (ZeRO-2/3 reduce it there, overlapping the layers still to come).
     template <class Hooks>
-    void backward(const float* grad_output, Hooks& hooks) {
+    void backward(const T* grad_output, Hooks& hooks) {
         std::copy_n(grad_output, batch_ * output_shape::size, grad_a_.data());
         backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
     }
 
     /// The activations of layer I after `forward` (for tests and inspection).
     template <std::size_t I>
-    const float* activation() const {
+    const T* activation() const {
         return activations_[I].data();
     }
 
 private:
+    static constexpr bool widens = !std::is_same_v<T, float>;
+
     template <std::size_t I>
-    const float* layer_input() const {
+    const T* layer_input() const {
         if constexpr (I == 0) return input_;
         else return activations_[I - 1].data();
     }
+    template <std::size_t I>
+    static constexpr std::size_t in_size = layer_t<I>::input_shape::size;
+    template <std::size_t I>
+    static constexpr std::size_t out_size = layer_t<I>::output_shape::size;
 
-    /// Hooks over one flat parameter buffer and one flat gradient buffer.
+    /// Hooks over one flat parameter buffer and one flat gradient buffer of dtype G.
+    template <class G>
     struct FlatHooks {
-        const float* params;
-        float* grads;
-        const float* parameters(LayerRange r) { return params + r.offset; }
-        float* gradients(LayerRange r) { return grads + r.offset; }
+        const T* params;
+        G* grads;
+        const T* parameters(LayerRange r) { return params + r.offset; }
+        G* gradients(LayerRange r) { return grads + r.offset; }
         void forward_done(LayerRange) {}
         void backward_done(LayerRange) {}
     };
@@ -234,32 +264,60 @@ private:
     template <std::size_t I, class Hooks>
     void forward_layer(std::size_t batch, Hooks& hooks) {
         constexpr LayerRange range = layer_ranges[I];
-        const float* w = nullptr;
+        const T* w = nullptr;
         if constexpr (range.count > 0) w = hooks.parameters(range);
-        std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch, w);
+        auto& layer = std::get<I>(layers_);
+        if constexpr (widens) {
+            cpu::convert(layer_input<I>(), x32_.data(), batch * in_size<I>);
+            if constexpr (range.count > 0) cpu::convert(w, w32_.data(), range.count);
+            layer.forward(x32_.data(), y32_.data(), batch, w32_.data());
+            cpu::convert(y32_.data(), activations_[I].data(), batch * out_size<I>);
+        } else {
+            layer.forward(layer_input<I>(), activations_[I].data(), batch, w);
+        }
         if constexpr (range.count > 0) hooks.forward_done(range);
     }
 
     template <std::size_t I, class Hooks>
-    void backward_from(float* dy, float* dx, Hooks& hooks) {
+    void backward_from(T* dy, T* dx, Hooks& hooks) {
         constexpr LayerRange range = layer_ranges[I];
-        const float* w = nullptr;
-        float* dw = nullptr;
+        const T* w = nullptr;
+        auto* dw = static_cast<decltype(hooks.gradients(range))>(nullptr);
         if constexpr (range.count > 0) {
             w = hooks.parameters(range);
             dw = hooks.gradients(range);
         }
-        std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w, dw);
+        auto& layer = std::get<I>(layers_);
+        if constexpr (widens) {
+            cpu::convert(layer_input<I>(), x32_.data(), batch_ * in_size<I>);
+            cpu::convert(activations_[I].data(), y32_.data(), batch_ * out_size<I>);
+            cpu::convert(dy, dy32_.data(), batch_ * out_size<I>);
+            if constexpr (range.count > 0) {
+                cpu::convert(w, w32_.data(), range.count);
+                std::fill_n(dw32_.begin(), range.count, 0.0f);
+            }
+            layer.backward(x32_.data(), y32_.data(), dy32_.data(), I == 0 ? nullptr : dx32_.data(), batch_, w32_.data(),
+                           dw32_.data());
+            if constexpr (I > 0) cpu::convert(dx32_.data(), dx, batch_ * in_size<I>);
+            if constexpr (range.count > 0) cpu::accumulate_rounded<T>(dw32_.data(), dw, range.count);
+        } else {
+            layer.backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w, dw);
+        }
         if constexpr (range.count > 0) hooks.backward_done(range);
         if constexpr (I > 0) backward_from<I - 1>(dx, dy, hooks);
     }
 
     layer_tuple layers_{};
-    std::array<std::vector<float>, layer_count> activations_{};
-    std::vector<float> grad_a_, grad_b_;
-    const float* input_ = nullptr;
+    std::array<std::vector<T>, layer_count> activations_{};
+    std::vector<T> grad_a_, grad_b_;
+    std::vector<float> x32_, y32_, dy32_, dx32_, w32_, dw32_;  ///< float work buffers (2-byte T only)
+    const T* input_ = nullptr;
     std::size_t batch_ = 0;
     std::size_t max_batch_;
 };
+
+/// The fp32 model: what users name (`ds::Engine` rebinds it to the precision policy's dtype).
+template <class Input, class... Layers>
+using Sequential = BasicSequential<float, Input, Layers...>;
 
 }  // namespace ds::nn

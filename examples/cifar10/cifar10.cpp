@@ -236,6 +236,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
             {"class_accuracy", class_accuracy},
             {"steps", engine->global_steps()},
             {"skipped_steps", engine->skipped_steps()},
+            {"loss_scale", engine->loss_scale()},
             {"images_per_sec", images_per_sec},
             {"params", Net::param_count},
             {"world_size", engine->world_size()},

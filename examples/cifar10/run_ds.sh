@@ -2,10 +2,11 @@
 # The C++ counterpart of DeepSpeedExamples' training/cifar/run_ds.sh: picks the binary for
 # --dtype and --stage (one binary per policy combination, no runtime branching in the step)
 # and launches it on -n RANKS MPI ranks (default 1: no mpirun). Other arguments pass through.
-#   examples/cifar10/run_ds.sh --dtype=fp32 --stage=2 -n 2 --epochs 2
+# The defaults are the Python example's: --dtype fp16, --stage 0.
+#   examples/cifar10/run_ds.sh --dtype=bf16 --stage=2 -n 2 --epochs 2
 set -euo pipefail
 bin="$(cd "$(dirname "$0")/../.." && pwd)/build/bin"
-dtype=fp32
+dtype=fp16
 stage=0
 ranks=1
 args=()

@@ -63,22 +63,22 @@ void train(E& engine, const Batches& data, int steps) {
         }
 }
 
-template <int Stage, class Opt = ds::SGD<>>
-using ThreadedEngine = ds::Engine<Net, Opt, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads>;
+template <int Stage, class Opt = ds::SGD<>, class P = ds::FP32>
+using ThreadedEngine = ds::Engine<Net, Opt, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads>;
 
 /// Relative error (with a floor of `floor` in the denominator) of `got` against `expected`.
-template <int Stage, class Opt = ds::SGD<>>
+template <int Stage, class Opt = ds::SGD<>, class P = ds::FP32>
 void check_matches_single_rank(int ranks, ds::Config cfg, const char* what, double tolerance = 1e-6,
                                double floor = 1e-2) {
     constexpr int steps = 3;
     const auto data = make_batches(steps);
     ds::Config reference_cfg = cfg;
     reference_cfg.zero_optimization.stage = 0;
-    ds::Engine<Net, Opt> reference(reference_cfg);
+    ds::Engine<Net, Opt, ds::Zero<0>, P> reference(reference_cfg);
     train(reference, data, steps);
     const auto expected = reference.full_parameters();
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
-        ThreadedEngine<Stage, Opt> engine(cfg, comm);
+        ThreadedEngine<Stage, Opt, P> engine(cfg, comm);
         train(engine, data, steps);
         const auto got = engine.full_parameters();
         INFO(what << ": stage " << Stage << " on " << ranks << " ranks, rank " << comm.rank());
@@ -106,6 +106,36 @@ TEST_CASE_TEMPLATE("every stage on 1, 2 and 4 ranks trains like stage 0 on one r
     // Adam: |difference| below 1e-3 · lr.
     check_matches_single_rank<Stage::value, ds::Adam<>>(4, config(Stage::value, 1, ds::OptimizerType::Adam), "Adam",
                                                         1e-5, 1.0);
+}
+
+/// The config of `config(stage)` with `P`'s precision switched on (fp16: dynamic scaling
+/// from 2^8, so the first steps are not skipped).
+template <class P>
+ds::Config mixed(int stage, std::int64_t gas = 1) {
+    ds::Config c = config(stage, gas);
+    if constexpr (std::is_same_v<P, ds::BF16>) c.bf16.enabled = true;
+    if constexpr (P::scales_loss) {
+        c.fp16.enabled = true;
+        c.fp16.initial_scale_power = 8;
+    }
+    return c;
+}
+
+// Mixed precision: the reference is stage 0 of the same precision on one rank. Ranks
+// round their partial gradients to 2 bytes before the reduction sums them, so the law
+// holds to the dtype's rounding: bf16 (8 significant bits) within 5e-3 relative, fp16
+// (11 bits) within 5e-4, with a floor of 0.1 against near-zero weights (measured worst:
+// 2.3e-3 and 2e-4 after 3 SGD steps).
+TEST_CASE_TEMPLATE("bf16 and fp16: every stage on 2 and 4 ranks trains like stage 0 on one rank", P, ds::BF16,
+                   ds::FP16<>) {
+    const double tolerance = std::is_same_v<P, ds::BF16> ? 5e-3 : 5e-4;
+    for (int ranks : {1, 2, 4}) {
+        check_matches_single_rank<0, ds::SGD<>, P>(ranks, mixed<P>(0), "stage 0", tolerance, 0.1);
+        check_matches_single_rank<1, ds::SGD<>, P>(ranks, mixed<P>(1), "stage 1", tolerance, 0.1);
+        check_matches_single_rank<2, ds::SGD<>, P>(ranks, mixed<P>(2), "stage 2", tolerance, 0.1);
+        check_matches_single_rank<3, ds::SGD<>, P>(ranks, mixed<P>(3), "stage 3", tolerance, 0.1);
+    }
+    check_matches_single_rank<2, ds::SGD<>, P>(4, mixed<P>(2, 2), "stage 2, GAS 2", tolerance, 0.1);
 }
 
 TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gathers") {
@@ -205,6 +235,45 @@ TEST_CASE("fp32 bytes per rank shrink as each stage partitions (N = 4)") {
         CHECK(m3.parameters == f * shard3);                // parameters partitioned
         CHECK(m3.gradients == f * shard3);
         CHECK(m3.optimizer_states == 2 * f * shard3);
+    });
+}
+
+/// The ZeRO paper's model-state bytes for mixed-precision Adam (K = 12): 16Ψ, 4Ψ + 12Ψ/N,
+/// 2Ψ + 14Ψ/N, 16Ψ/N, with Ψ as each stage pads it. bf16 at stage 0 accumulates gradients
+/// in fp32 as DeepSpeed's BF16_Optimizer does: 18Ψ there.
+TEST_CASE_TEMPLATE("mixed-precision bytes per rank are the ZeRO paper's (N = 4)", P, ds::BF16, ds::FP16<>) {
+    ds::comm::run_ranks(4, [](ds::comm::Threads& comm) {
+        auto adam = [](int stage) {
+            ds::Config c = mixed<P>(stage);
+            c.optimizer.type = ds::OptimizerType::Adam;
+            c.optimizer.params.momentum = 0.0;
+            return c;
+        };
+        auto states = [](const ds::MemoryReport& m) {
+            return m.parameters + m.gradients + m.master_weights + m.optimizer_states;
+        };
+        const std::size_t psi = Net::param_count, n = 4;
+        const ds::FlatPartition flat(psi, n);
+        ThreadedEngine<0, ds::Adam<>, P> s0(adam(0), comm);
+        ThreadedEngine<1, ds::Adam<>, P> s1(adam(1), comm);
+        ThreadedEngine<2, ds::Adam<>, P> s2(adam(2), comm);
+        ThreadedEngine<3, ds::Adam<>, P> s3(adam(3), comm);
+        const auto m0 = s0.memory_report();
+        CHECK(m0.parameters == 2 * psi);
+        CHECK(m0.master_weights == 4 * psi);
+        CHECK(m0.optimizer_states == 8 * psi);
+        CHECK(m0.gradients == (std::is_same_v<P, ds::BF16> ? 4 : 2) * psi);
+        CHECK(states(m0) == (std::is_same_v<P, ds::BF16> ? 18 : 16) * psi);
+        const std::size_t p1 = flat.padded;
+        CHECK(states(s1.memory_report()) == 4 * p1 + 12 * p1 / n);
+        CHECK(s1.memory_report().gradients == 2 * p1);
+        CHECK(states(s2.memory_report()) == 2 * p1 + 14 * p1 / n);
+        CHECK(s2.memory_report().gradients == 2 * p1 / n);
+        const std::size_t p3 = s3.padded_params();
+        CHECK(states(s3.memory_report()) == 16 * p3 / n);
+        CHECK(s3.memory_report().parameters == 2 * p3 / n);
+        // The work buffers are reported apart, never folded into the model states.
+        CHECK(s3.memory_report().buffers > 0);
     });
 }
 

@@ -36,12 +36,13 @@ template <class T>
 T combine(T a, T b, ReduceOp op) {
     if constexpr (narrow_float<T>) {  // 2-byte floats: combined in float, rounded once per addition
         return T(combine(static_cast<float>(a), static_cast<float>(b), op));
+    } else {
+        if (op == ReduceOp::sum) return a + b;
+        if constexpr (std::is_floating_point_v<T>) {
+            if (a != a || b != b) return a != a ? a : b;  // NaN wins, so overflow checks see it
+        }
+        return a > b ? a : b;
     }
-    if (op == ReduceOp::sum) return a + b;
-    if constexpr (std::is_floating_point_v<T>) {
-        if (a != a || b != b) return a != a ? a : b;  // NaN wins, so overflow checks see it
-    }
-    return a > b ? a : b;
 }
 
 }  // namespace detail

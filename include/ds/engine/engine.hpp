@@ -323,11 +323,15 @@ private:
     void skip_overflowing_step() {
         ++skipped_steps_;
         const double attempted = scaler_.scale();
+        int hysteresis = 0;
+        if constexpr (requires { scaler_.hysteresis(); }) hysteresis = scaler_.hysteresis();
         scaler_.update(true);
         if (comm_.rank() != 0) return;
         std::ostringstream line;
-        line << "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: " << attempted
-             << ", reducing to " << scaler_.scale();
+        line << "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: " << attempted;
+        if (scaler_.scale() == attempted && hysteresis > 1)
+            line << ", but hysteresis is " << hysteresis << ". Reducing hysteresis to " << hysteresis - 1;
+        else line << ", reducing to " << scaler_.scale();
         log_line(LogLevel::info, line.str());
     }
 

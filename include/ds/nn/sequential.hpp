@@ -38,6 +38,11 @@ struct Parameter {
     constexpr std::size_t numel() const { return shape.numel(); }
 };
 
+/// Where a layer's parameters live in the flat buffer: [offset, offset + count).
+struct LayerRange {
+    std::size_t offset, count;
+};
+
 namespace detail {
 
 template <class Input, class... Layers>
@@ -182,10 +187,7 @@ public:
         }(std::make_index_sequence<layer_count>{});
     }
 
-    /// Where layer I's parameters live in the flat buffer: [offset, offset + count).
-    struct LayerRange {
-        std::size_t offset, count;
-    };
+    using LayerRange = nn::LayerRange;
     static constexpr std::array<LayerRange, layer_count> layer_ranges = [] {
         std::array<LayerRange, layer_count> r{};
         for (std::size_t i = 0; i < layer_count; ++i) r[i] = {layer_offsets[i], layer_offsets[i + 1] - layer_offsets[i]};

@@ -30,7 +30,7 @@ using vu16 = std::uint16_t __attribute__((vector_size(lanes * sizeof(std::uint16
 // round-to-nearest-even with NaNs made canonical — the same formula, lane-wise.
 inline void widen_bf16(const bf16* in, float* out, std::size_t n) {
     std::size_t i = 0;
-    for (; i + lanes <= n; i += lanes) {
+    for (const std::size_t whole = n - n % lanes; i < whole; i += lanes) {
         vu16 h;
         std::memcpy(&h, in + i, sizeof h);
         const vu32 u = __builtin_convertvector(h, vu32) << 16;
@@ -41,7 +41,7 @@ inline void widen_bf16(const bf16* in, float* out, std::size_t n) {
 
 inline void narrow_bf16(const float* in, bf16* out, std::size_t n) {
     std::size_t i = 0;
-    for (; i + lanes <= n; i += lanes) {
+    for (const std::size_t whole = n - n % lanes; i < whole; i += lanes) {
         vu32 u;
         std::memcpy(&u, in + i, sizeof u);
         const vi32 nan = reinterpret_cast<vi32>(u & 0x7fffffffu) > 0x7f800000;
@@ -58,7 +58,7 @@ inline void narrow_bf16(const float* in, bf16* out, std::size_t n) {
 inline void widen_half(const half* in, float* out, std::size_t n) {
     std::size_t i = 0;
 #if defined(__F16C__)
-    for (; i + 8 <= n; i += 8) {
+    for (const std::size_t whole = n - n % 8; i < whole; i += 8) {
         const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
         _mm256_storeu_ps(out + i, v);
         if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
@@ -71,7 +71,7 @@ inline void widen_half(const half* in, float* out, std::size_t n) {
 inline void narrow_half(const float* in, half* out, std::size_t n) {
     std::size_t i = 0;
 #if defined(__F16C__)
-    for (; i + 8 <= n; i += 8) {
+    for (const std::size_t whole = n - n % 8; i < whole; i += 8) {
         const __m256 v = _mm256_loadu_ps(in + i);
         __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);

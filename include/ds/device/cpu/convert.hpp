@@ -71,15 +71,23 @@ inline void narrow_bf16(const float* in, bf16* out, std::size_t n) {
 }
 
 // half: the F16C instructions where the target has them (round-to-nearest-even like
-// ds::half), with NaN lanes redone by ds::half so NaNs are canonical and payloads agree.
+// ds::half). They differ from ds::half only on NaNs — F16C sets the quiet bit and keeps a
+// payload — so NaN lanes are patched without a branch: widening rebuilds sign, exponent
+// and payload exactly, narrowing writes the canonical 0x7fff.
 inline void widen_half(const half* in, float* out, std::size_t n) {
     std::size_t i = 0;
-#if defined(__F16C__)
+#if defined(__F16C__) && defined(__AVX2__)
+    const __m256i exponent = _mm256_set1_epi32(0x7c00);
     for (const std::size_t whole = n - n % 8; i < whole; i += 8) {
-        const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+        const __m256i w = _mm256_cvtepu16_epi32(h);
+        const __m256i special = _mm256_cmpeq_epi32(_mm256_and_si256(w, exponent), exponent);  // inf or NaN
+        const __m256i exact = _mm256_or_si256(
+            _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x8000)), 16),
+                            _mm256_set1_epi32(0x7f800000)),
+            _mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x3ff)), 13));
+        const __m256 v = _mm256_blendv_ps(_mm256_cvtph_ps(h), _mm256_castsi256_ps(exact), _mm256_castsi256_ps(special));
         _mm256_storeu_ps(out + i, v);
-        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)))
-            for (std::size_t k = i; k < i + 8; ++k) out[k] = static_cast<float>(in[k]);
     }
 #endif
     for (; i < n; ++i) out[i] = static_cast<float>(in[i]);
@@ -87,19 +95,13 @@ inline void widen_half(const half* in, float* out, std::size_t n) {
 
 inline void narrow_half(const float* in, half* out, std::size_t n) {
     std::size_t i = 0;
-#if defined(__F16C__)
+#if defined(__F16C__) && defined(__AVX2__)
     for (const std::size_t whole = n - n % 8; i < whole; i += 8) {
         const __m256 v = _mm256_loadu_ps(in + i);
-        __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-        if (_mm256_movemask_ps(nan)) {
-            alignas(16) std::uint16_t bits[8];
-            _mm_store_si128(reinterpret_cast<__m128i*>(bits), h);
-            for (std::size_t k = 0; k < 8; ++k)
-                if (in[i + k] != in[i + k]) bits[k] = half(in[i + k]).bits;
-            h = _mm_load_si128(reinterpret_cast<const __m128i*>(bits));
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+        const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(nan), _mm256_extracti128_si256(nan, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_blendv_epi8(h, _mm_set1_epi16(0x7fff), nan16));
     }
 #endif
     for (; i < n; ++i) out[i] = half(in[i]);

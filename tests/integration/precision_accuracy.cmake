@@ -1,0 +1,41 @@
+# Trains BIN_DIR/cifar10_{fp32,bf16,fp16}_zero0 with the same seed and arguments (ARGS) and
+# requires the bf16 and fp16 test accuracies within MAX_GAP_X100 hundredths of a point of fp32's.
+
+# CMake's math is integer-only: "86.79" -> 8679.
+function(to_hundredths value out)
+  string(REGEX MATCH "^([0-9]+)(\\.([0-9]*))?" _ "${value}")
+  set(whole "${CMAKE_MATCH_1}")
+  set(frac "${CMAKE_MATCH_3}00")
+  string(SUBSTRING "${frac}" 0 2 frac)
+  string(REGEX REPLACE "^0" "" frac "${frac}")
+  if(frac STREQUAL "")
+    set(frac 0)
+  endif()
+  math(EXPR result "${whole} * 100 + ${frac}")
+  set(${out} ${result} PARENT_SCOPE)
+endfunction()
+
+file(MAKE_DIRECTORY "${WORK_DIR}")
+foreach(dtype fp32 bf16 fp16)
+  set(metrics "${WORK_DIR}/${dtype}.json")
+  execute_process(COMMAND "${BIN_DIR}/cifar10_${dtype}_zero0" ${ARGS} --metrics-json "${metrics}"
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "cifar10_${dtype}_zero0: exit code ${rc}:\n${out}\n${err}")
+  endif()
+  file(READ "${metrics}" json)
+  string(JSON accuracy_${dtype} GET "${json}" test_accuracy)
+  string(JSON skipped GET "${json}" skipped_steps)
+  message(STATUS "${dtype}: test accuracy ${accuracy_${dtype}} %, skipped steps ${skipped}")
+  to_hundredths("${accuracy_${dtype}}" x100_${dtype})
+endforeach()
+foreach(dtype bf16 fp16)
+  math(EXPR gap "${x100_fp32} - ${x100_${dtype}}")
+  if(gap LESS 0)
+    math(EXPR gap "0 - ${gap}")
+  endif()
+  if(gap GREATER MAX_GAP_X100)
+    message(FATAL_ERROR "${dtype}: test accuracy ${accuracy_${dtype}} % is more than ${MAX_GAP_X100}/100 points "
+                        "from fp32's ${accuracy_fp32} % with the same seed")
+  endif()
+endforeach()

@@ -144,9 +144,16 @@ TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gather
     check_matches_single_rank<2>(4, small_buckets, "500-element buckets");
     small_buckets.zero_optimization.overlap_comm = true;  // reductions left in flight, two at most
     check_matches_single_rank<2>(4, small_buckets, "500-element buckets, overlap_comm");
+    small_buckets.zero_optimization.contiguous_gradients = false;  // each layer reduced from its own buffer
+    check_matches_single_rank<2>(4, small_buckets, "contiguous_gradients false");
     ds::Config gathers = config(3);
     gathers.zero_optimization.stage3_param_persistence_threshold = 0;
-    check_matches_single_rank<3>(4, gathers, "no persistent parameters");
+    check_matches_single_rank<3>(4, gathers, "no persistent parameters, next layer prefetched");
+    gathers.zero_optimization.overlap_comm = false;
+    check_matches_single_rank<3>(4, gathers, "no persistent parameters, no prefetch");
+    gathers.zero_optimization.reduce_scatter = false;
+    gathers.gradient_predivide_factor = 2.0;
+    check_matches_single_rank<3>(4, gathers, "stage 3 reduce_scatter false");
     for (int stage : {1, 2}) {
         ds::Config all_reduce = config(stage);
         all_reduce.zero_optimization.reduce_scatter = false;

@@ -127,6 +127,7 @@ public:
                                         " exceeds train_micro_batch_size_per_gpu " + std::to_string(model_.max_batch()));
         cpu::convert(inputs.data(), input_.data(), inputs.size());
         batch_in_flight_ = batch;
+        zero_.begin_pass(Pass::forward);
         const compute_type* out = model_.forward(input_.data(), batch, zero_);
         if constexpr (std::is_same_v<compute_type, float>) {
             return {out, batch * output_size};
@@ -158,6 +159,7 @@ public:
             cpu::convert(scaled, grad_output_.data(), n);
             grad_output = grad_output_.data();
         }
+        zero_.begin_pass(Pass::backward);
         model_.backward(grad_output, zero_);
         zero_.backward_finished();
         return loss.value / gas;

@@ -23,6 +23,9 @@
 
 namespace ds {
 
+/// Which way the model is being run: stage 3 prefetches the next layer in this order.
+enum class Pass { forward, backward };
+
 /// Parameters and gradients of `Model` on one data-parallel rank.
 ///
 /// | stage | parameters | gradients | reduction |
@@ -64,6 +67,14 @@ public:
             for (const auto& t : tensors_.tensors) widest_tensor = std::max(widest_tensor, t.chunk * ranks_);
             gathered_.resize(widest_tensor);
             persistent_.resize(tensors_.tensors.size());
+            std::size_t widest_gather = 0;  // Σ chunk·N over a layer's tensors
+            for (const auto& r : Model::layer_ranges) {
+                std::size_t n = 0;
+                for (const auto& t : tensors_.tensors)
+                    if (in_layer(t, r)) n += t.chunk * ranks_;
+                widest_gather = std::max(widest_gather, n);
+            }
+            for (auto* g : {&now_, &next_}) g->receive.resize(widest_gather);
         } else {
             params_.assign(Z::partitions_optimizer_states ? flat_.padded : psi, compute_type{});
             if constexpr (Z::partitions_gradients) {
@@ -89,6 +100,9 @@ public:
     }
 
     // --- hooks the model calls layer by layer (see Sequential::forward/backward) ---------
+
+    /// The engine announces each pass, so stage 3 knows which layer comes next.
+    void begin_pass(Pass pass) { pass_ = pass; }
 
     const compute_type* parameters(Range r) {
         if constexpr (Z::partitions_parameters) {
@@ -231,7 +245,8 @@ public:
     /// Work buffers: stage 3's gathered layer and persistent parameters, stage 2's bucket
     /// and the received reductions, stage 1's reduced partition.
     std::size_t buffer_bytes() const {
-        std::size_t n = (layer_params_.size() + gathered_.size()) * sizeof(compute_type);
+        std::size_t n = (layer_params_.size() + gathered_.size() + now_.receive.size() + next_.receive.size()) *
+                        sizeof(compute_type);
         for (const auto& p : persistent_) n += p.size() * sizeof(compute_type);
         n += (layer_grads_.size() + bucket_.size() + received_.size() + reduced_.size()) * sizeof(grad_type);
         return n;
@@ -248,6 +263,14 @@ private:
         std::optional<Request> request;
     };
     static constexpr std::size_t max_in_flight = 2;
+    static constexpr std::size_t none = static_cast<std::size_t>(-1);
+    using Gather = decltype(std::declval<Comm&>().template all_gather_async<compute_type>(nullptr, nullptr, 0));
+    /// One layer's gathers in flight and the buffer they land in.
+    struct LayerGather {
+        std::size_t layer = none;
+        std::vector<compute_type> receive;
+        std::vector<Gather> requests;
+    };
 
     static std::vector<Segment> segments() {
         std::vector<Segment> s;
@@ -289,6 +312,10 @@ private:
     // range extends over the zero padding, so the reductions cover the padded Ψ exactly.
     void add_to_bucket(Range r) {
         const std::size_t end = r.offset + r.count == psi ? flat_.padded : r.offset + r.count;
+        if (!cfg_.zero_optimization.contiguous_gradients) {  // no bucket copy: each layer reduced from its own buffer
+            reduce_range(layer_grads_.data(), r.count, r.offset, end);
+            return;
+        }
         if (bucket_lo_ != bucket_hi_ && (bucket_lo_ != end || bucket_hi_ - r.offset > bucket_.size())) flush_bucket();
         if (end - r.offset > bucket_.size()) {  // a layer larger than the bucket is reduced on its own
             reduce_range(layer_grads_.data(), r.count, r.offset, end);
@@ -364,27 +391,89 @@ private:
             std::copy_n(gathered_.data(), t.count, persistent_[i].begin());
         }
     }
-    void gather_layer(Range r) {
+    static bool in_layer(const TensorPartition::Chunk& t, Range r) {
+        return t.offset >= r.offset && t.offset < r.offset + r.count;
+    }
+    static std::size_t layer_of(Range r) {
+        for (std::size_t i = 0; i < Model::layer_ranges.size(); ++i)
+            if (Model::layer_ranges[i].offset == r.offset && Model::layer_ranges[i].count == r.count) return i;
+        return Model::layer_ranges.size();
+    }
+    /// The layer with parameters that this pass reaches after `layer`, if any.
+    std::optional<std::size_t> next_layer(std::size_t layer) const {
+        const auto& ranges = Model::layer_ranges;
+        if (pass_ == Pass::forward) {
+            for (std::size_t i = layer + 1; i < ranges.size(); ++i)
+                if (ranges[i].count > 0) return i;
+        } else {
+            for (std::size_t i = layer; i-- > 0;)
+                if (ranges[i].count > 0) return i;
+        }
+        return std::nullopt;
+    }
+    /// Starts the all-gathers of `layer`'s partitioned tensors into `g.receive`.
+    void start_gather(std::size_t layer, LayerGather& g) {
+        const Range r = Model::layer_ranges[layer];
+        g.layer = layer;
+        g.requests.clear();
+        std::size_t at = 0;
         for (std::size_t i = 0; i < tensors_.tensors.size(); ++i) {
             const auto& t = tensors_.tensors[i];
-            if (t.offset < r.offset || t.offset >= r.offset + r.count) continue;
-            if (persistent(i)) {
-                std::copy(persistent_[i].begin(), persistent_[i].end(), layer_params_.begin() + (t.offset - r.offset));
-            } else {
-                comm_.all_gather(params_.data() + t.local, gathered_.data(), t.chunk);
-                std::copy_n(gathered_.data(), t.count, layer_params_.begin() + (t.offset - r.offset));
-            }
+            if (!in_layer(t, r) || persistent(i)) continue;
+            g.requests.push_back(comm_.all_gather_async(params_.data() + t.local, g.receive.data() + at, t.chunk));
+            at += t.chunk * ranks_;
         }
     }
+    /// Completes `g` and assembles the layer's parameters (persistent tensors from their copies).
+    void finish_gather(LayerGather& g) {
+        const Range r = Model::layer_ranges[g.layer];
+        for (auto& q : g.requests) q.wait();
+        std::size_t at = 0;
+        for (std::size_t i = 0; i < tensors_.tensors.size(); ++i) {
+            const auto& t = tensors_.tensors[i];
+            if (!in_layer(t, r)) continue;
+            const auto into = layer_params_.begin() + static_cast<std::ptrdiff_t>(t.offset - r.offset);
+            if (persistent(i)) {
+                std::copy(persistent_[i].begin(), persistent_[i].end(), into);
+            } else {
+                std::copy_n(g.receive.begin() + static_cast<std::ptrdiff_t>(at), t.count, into);
+                at += t.chunk * ranks_;
+            }
+        }
+        g.layer = none;
+        g.requests.clear();
+    }
+    /// Gathers the layer about to run: from the prefetch started at the previous layer if
+    /// there is one, else now; with `overlap_comm` it then starts the next layer's gathers,
+    /// which complete while this layer computes (DeepSpeed's prefetch, one layer ahead).
+    void gather_layer(Range r) {
+        const std::size_t layer = layer_of(r);
+        if (next_.layer == layer) {
+            std::swap(now_, next_);
+        } else {
+            if (next_.layer != none) finish_gather(next_);  // a pass ended early: drain it
+            start_gather(layer, now_);
+        }
+        if (overlap_comm(cfg_.zero_optimization))
+            if (const auto following = next_layer(layer)) start_gather(*following, next_);
+        finish_gather(now_);
+    }
+    /// Each tensor's gradient, zero-padded to chunk·N: reduce-scattered pre-divided by N, or
+    /// with `reduce_scatter: false` all-reduced by the averaging rule and sliced (SPEC §5.3).
     void reduce_layer(Range r) {
         for (const auto& t : tensors_.tensors) {
-            if (t.offset < r.offset || t.offset >= r.offset + r.count) continue;
+            if (!in_layer(t, r)) continue;
             scratch_.assign(t.chunk * ranks_, grad_type{});
             std::copy_n(layer_grads_.data() + (t.offset - r.offset), t.count, scratch_.begin());
-            cpu::scale(scratch_.data(), t.count, 1.0f / static_cast<float>(ranks_));
-            received_.resize(t.chunk);
-            comm_.reduce_scatter(scratch_.data(), received_.data(), t.chunk, comm::ReduceOp::sum);
-            cpu::add_into(grads_.data() + t.local, received_.data(), t.chunk);
+            if (cfg_.zero_optimization.reduce_scatter) {
+                cpu::scale(scratch_.data(), t.count, 1.0f / static_cast<float>(ranks_));
+                received_.resize(t.chunk);
+                comm_.reduce_scatter(scratch_.data(), received_.data(), t.chunk, comm::ReduceOp::sum);
+                cpu::add_into(grads_.data() + t.local, received_.data(), t.chunk);
+            } else {
+                averaging_all_reduce(scratch_.data(), scratch_.size());
+                cpu::add_into(grads_.data() + t.local, scratch_.data() + rank_ * t.chunk, t.chunk);
+            }
         }
     }
 
@@ -400,6 +489,8 @@ private:
     std::vector<compute_type> layer_params_, gathered_;
     std::vector<grad_type> layer_grads_, bucket_, received_, scratch_;
     std::vector<std::vector<compute_type>> persistent_;
+    LayerGather now_, next_;
+    Pass pass_ = Pass::forward;
     std::deque<Reduction> in_flight_;
     std::size_t bucket_lo_ = 0, bucket_hi_ = 0;
 };

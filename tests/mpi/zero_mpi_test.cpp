@@ -1,7 +1,8 @@
 // ZeRO engines over real MPI (mpirun -np 2 and -np 4 in CTest), where the asynchronous
 // paths are really asynchronous: stage 2's reductions left in flight (overlap_comm), with and
 // without the contiguous bucket, and stage 3's prefetched all-gathers of every layer
-// (persistence threshold 0), with reduce-scatter or all-reduce. Each rank checks its engine
+// (persistence threshold 0), with reduce-scatter or all-reduce — through MPI's non-blocking
+// calls and through a communication thread. Each rank checks its engine
 // against stage 0 on one rank (comm::Single) over the same global batches.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <algorithm>
@@ -61,7 +62,7 @@ void train(E& engine, const Batches& data) {
 }
 
 template <int Stage, class P>
-void check(ds::Config cfg, double tolerance) {
+void check(ds::Config cfg, double tolerance, ds::comm::Progress progress = ds::comm::Progress::library) {
     const auto data = make_batches();
     ds::Config single = cfg;
     single.zero_optimization = {};
@@ -69,13 +70,13 @@ void check(ds::Config cfg, double tolerance) {
     train(reference, data);
     const auto expected = reference.full_parameters();
 
-    ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi> engine(cfg, ds::comm::Mpi{});
+    ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi> engine(cfg, ds::comm::Mpi{progress});
     train(engine, data);
     const auto got = engine.full_parameters();
     double worst = 0;
     for (std::size_t i = 0; i < got.size(); ++i)
         worst = std::max(worst, std::abs(got[i] - expected[i]) / std::max(std::abs(double{expected[i]}), 0.1));
-    INFO("stage " << Stage << ", rank " << engine.global_rank() << " of " << engine.world_size());
+    INFO("stage " << Stage << (progress == ds::comm::Progress::thread ? " (communication thread)" : "") << ", rank " << engine.global_rank() << " of " << engine.world_size());
     CHECK(worst < tolerance);
     CHECK(engine.optimizer().step_count() == steps);
 }
@@ -94,6 +95,11 @@ TEST_CASE_TEMPLATE("ZeRO over MPI with overlapped and prefetched collectives", P
     check<3, P>(gathers, tolerance);
     gathers.zero_optimization.reduce_scatter = false;
     check<3, P>(gathers, tolerance);
+    // The same overlaps with a communication thread instead of MPI's non-blocking calls.
+    check<2, P>(buckets, tolerance, ds::comm::Progress::thread);
+    check<3, P>(config<P>(3), tolerance, ds::comm::Progress::thread);
+    gathers.zero_optimization.reduce_scatter = true;
+    check<3, P>(gathers, tolerance, ds::comm::Progress::thread);
 }
 
 int main(int argc, char** argv) {

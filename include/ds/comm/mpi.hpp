@@ -4,16 +4,18 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
-#include <vector>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <mpi.h>
 
 #include <ds/comm/communicator.hpp>
+#include <ds/comm/worker.hpp>
 #include <ds/numeric/storage.hpp>
 
 namespace ds::comm {
@@ -107,7 +109,8 @@ private:
     int thread_level_ = MPI_THREAD_MULTIPLE;
 };
 
-/// A non-blocking MPI collective in flight; `wait()` completes it (and so does destruction).
+/// A collective in flight — a non-blocking MPI request, or a job on the communication
+/// thread; `wait()` completes it (and so does destruction).
 class MpiRequest {
 public:
     MpiRequest() = default;
@@ -115,13 +118,15 @@ public:
     /// arguments MPI reads until the operation completes.
     MpiRequest(MPI_Request r, double* seconds, std::vector<int> counts = {})
         : request_(r), seconds_(seconds), counts_(std::move(counts)) {}
+    MpiRequest(std::shared_ptr<Worker::Job> job, double* seconds) : job_(std::move(job)), seconds_(seconds) {}
     MpiRequest(MpiRequest&& other) noexcept
-        : request_(std::exchange(other.request_, MPI_REQUEST_NULL)), seconds_(other.seconds_),
-          counts_(std::move(other.counts_)) {}
+        : request_(std::exchange(other.request_, MPI_REQUEST_NULL)), job_(std::move(other.job_)),
+          seconds_(other.seconds_), counts_(std::move(other.counts_)) {}
     MpiRequest& operator=(MpiRequest&& other) noexcept {
         if (this != &other) {
             finish();
             request_ = std::exchange(other.request_, MPI_REQUEST_NULL);
+            job_ = std::move(other.job_);
             seconds_ = other.seconds_;
             counts_ = std::move(other.counts_);
         }
@@ -129,6 +134,11 @@ public:
     }
     ~MpiRequest() { finish(); }
     void wait() {
+        if (job_) {
+            const CommTimer timer(*seconds_);
+            const auto job = std::exchange(job_, nullptr);
+            job->wait();
+        }
         if (request_ == MPI_REQUEST_NULL) return;
         const CommTimer timer(*seconds_);
         DS_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
@@ -136,21 +146,41 @@ public:
 
 private:
     void finish() noexcept {
+        if (job_) {
+            try {
+                job_->wait();
+            } catch (...) {  // a destructor cannot report it; wait() would have
+            }
+            job_.reset();
+        }
         if (request_ != MPI_REQUEST_NULL) MPI_Wait(&request_, MPI_STATUS_IGNORE);
     }
     MPI_Request request_ = MPI_REQUEST_NULL;
+    std::shared_ptr<Worker::Job> job_;
     double* seconds_ = nullptr;
     std::vector<int> counts_;  // MPI_Ireduce_scatter reads them until completion
 };
 
+/// How an `Mpi` communicator's `_async` collectives make progress while the caller computes.
+enum class Progress {
+    library,  ///< MPI's non-blocking collectives (MPI_I*): OpenMPI advances them only inside MPI calls
+    thread,   ///< a communication thread runs them as blocking collectives on a duplicate communicator
+};
+
 /// A communicator over an MPI communicator (MPI_COMM_WORLD by default). Needs a live
 /// `MpiSession`. Owns communicators it creates with `split` and frees them.
+///
+/// With `Progress::thread` the `_async` collectives run on a communication thread, over a
+/// duplicate of the communicator so that they never interleave with the caller's blocking
+/// ones; each rank's thread runs them in submission order. That needs MPI_THREAD_MULTIPLE
+/// and a core to spare: on a machine whose cores all compute, the thread only competes.
 class Mpi {
 public:
-    Mpi() : Mpi(MPI_COMM_WORLD, false) {}
+    explicit Mpi(Progress progress = Progress::library) : Mpi(MPI_COMM_WORLD, false, progress) {}
     Mpi(Mpi&& other) noexcept
         : comm_(std::exchange(other.comm_, MPI_COMM_NULL)), owned_(std::exchange(other.owned_, false)),
-          rank_(other.rank_), size_(other.size_), counters_(other.counters_) {}
+          rank_(other.rank_), size_(other.size_), counters_(other.counters_),
+          worker_comm_(std::exchange(other.worker_comm_, MPI_COMM_NULL)), worker_(std::move(other.worker_)) {}
     Mpi& operator=(Mpi&& other) noexcept {
         if (this != &other) {
             release();
@@ -159,6 +189,8 @@ public:
             rank_ = other.rank_;
             size_ = other.size_;
             counters_ = other.counters_;
+            worker_comm_ = std::exchange(other.worker_comm_, MPI_COMM_NULL);
+            worker_ = std::move(other.worker_);
         }
         return *this;
     }
@@ -169,6 +201,7 @@ public:
     const CommCounters& counters() const { return counters_; }
     void reset_counters() { counters_ = {}; }
     MPI_Comm native() const { return comm_; }
+    Progress progress() const { return worker_ ? Progress::thread : Progress::library; }
 
     template <class T>
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
@@ -219,12 +252,16 @@ public:
     Mpi split(int color, int key) {
         MPI_Comm sub = MPI_COMM_NULL;
         DS_MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
-        return Mpi(sub, true);
+        return Mpi(sub, true, progress());
     }
 
     template <class T>
     MpiRequest all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
         counters_.add(Op::all_reduce, 2 * n);
+        if (worker_)
+            return on_worker([=](MPI_Comm c) {
+                DS_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), c));
+            });
         MPI_Request r;
         DS_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds);
@@ -232,6 +269,11 @@ public:
     template <class T>
     MpiRequest reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
         counters_.add(Op::reduce_scatter, n * static_cast<std::size_t>(size_));
+        if (worker_)
+            return on_worker([=](MPI_Comm c) {
+                DS_MPI_CHECK(
+                    MPI_Reduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), c));
+            });
         MPI_Request r;
         DS_MPI_CHECK(
             MPI_Ireduce_scatter_block(in, out, count(n), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
@@ -243,6 +285,10 @@ public:
         std::size_t total = 0;
         for (std::size_t k = 0; k < counts.size(); ++k) ints[k] = count(counts[k]), total += counts[k];
         counters_.add(Op::reduce_scatter, total);
+        if (worker_)
+            return on_worker([=, ints = std::move(ints)](MPI_Comm c) {
+                DS_MPI_CHECK(MPI_Reduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op<T>(op), c));
+            });
         MPI_Request r;
         DS_MPI_CHECK(MPI_Ireduce_scatter(in, out, ints.data(), detail::mpi_type<T>(), detail::mpi_op<T>(op), comm_, &r));
         return MpiRequest(r, &counters_.seconds, std::move(ints));
@@ -250,23 +296,44 @@ public:
     template <class T>
     MpiRequest all_gather_async(const T* in, T* out, std::size_t n) {
         counters_.add(Op::all_gather, n * static_cast<std::size_t>(size_));
-        MPI_Request r;
         const void* source = in == out + static_cast<std::size_t>(rank_) * n ? MPI_IN_PLACE : in;
+        if (worker_)
+            return on_worker([=](MPI_Comm c) {
+                DS_MPI_CHECK(
+                    MPI_Allgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), c));
+            });
+        MPI_Request r;
         DS_MPI_CHECK(
             MPI_Iallgather(source, count(n), detail::mpi_type<T>(), out, count(n), detail::mpi_type<T>(), comm_, &r));
         return MpiRequest(r, &counters_.seconds);
     }
 
 private:
-    Mpi(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
+    Mpi(MPI_Comm comm, bool owned, Progress progress) : comm_(comm), owned_(owned) {
         DS_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
         DS_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+        if (progress == Progress::thread) {
+            int level = 0;
+            DS_MPI_CHECK(MPI_Query_thread(&level));
+            if (level < MPI_THREAD_MULTIPLE)
+                throw MpiError("ds::comm::Mpi: Progress::thread needs MPI_THREAD_MULTIPLE (MpiSession asks for it); "
+                               "this MPI provides level " + std::to_string(level));
+            DS_MPI_CHECK(MPI_Comm_dup(comm_, &worker_comm_));
+            worker_ = std::make_unique<Worker>();
+        }
+    }
+    /// Runs `collective(worker_comm_)` on the communication thread.
+    template <class F>
+    MpiRequest on_worker(F collective) {
+        return MpiRequest(worker_->submit([collective, comm = worker_comm_] { collective(comm); }), &counters_.seconds);
     }
     static int count(std::size_t n) {
         if (n > static_cast<std::size_t>(INT32_MAX)) throw MpiError("ds::comm::Mpi: a message over 2^31 elements");
         return static_cast<int>(n);
     }
     void release() noexcept {
+        worker_.reset();  // joins after the jobs already submitted
+        if (worker_comm_ != MPI_COMM_NULL) MPI_Comm_free(&worker_comm_);
         if (owned_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
         owned_ = false;
     }
@@ -275,6 +342,8 @@ private:
     bool owned_ = false;
     int rank_ = 0, size_ = 1;
     CommCounters counters_;
+    MPI_Comm worker_comm_ = MPI_COMM_NULL;
+    std::unique_ptr<Worker> worker_;
 };
 
 static_assert(communicator<Mpi>);

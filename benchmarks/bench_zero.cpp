@@ -2,13 +2,17 @@
 // (Ψ ≈ 21 M), with the share of the step spent inside collectives. Run under mpirun (see
 // benchmarks/run_zero_scaling); every rank runs the same fixed iteration count and rank 0
 // reports. Counters: images/s (global), comm_fraction, elements/step.
+#include <chrono>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <ds/comm/distributed.hpp>
 #include <ds/comm/mpi.hpp>
+#include <ds/device/cpu/threads.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/nn/linear.hpp>
@@ -26,16 +30,25 @@ using namespace ds::nn;
 using WideMlp = Sequential<Features<1024>, Named<"fc1", Linear<1024, 4096>>, ReLU, Named<"fc2", Linear<4096, 4096>>,
                            ReLU, Named<"fc3", Linear<4096, 10>>>;
 
-template <class Model, int Stage>
+/// One training step of `Model` at ZeRO `Stage` in precision `P`; the async collectives
+/// progress through MPI (`Progress::library`) or a communication thread; `Overlap` is
+/// `overlap_comm` (stage 2's in-flight reductions, stage 3's prefetch).
+template <class Model, int Stage, class P = ds::FP32, ds::comm::Progress Mode = ds::comm::Progress::library,
+          bool Overlap = true>
 void zero_step(benchmark::State& state) {
-    using Engine = ds::Engine<Model, ds::Adam<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Mpi>;
+    using Engine = ds::Engine<Model, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi>;
     const auto global_batch = static_cast<std::int64_t>(state.range(0));
     openblas_set_num_threads(1);
+    ds::cpu::set_threads(ds::cpu::cores_per_rank(ds::comm::init_distributed().local_world_size));
     ds::Config cfg = cifar10::ds_config;  // Adam, 5e7-element buckets, clipping 1.0
     cfg.train_batch_size = global_batch;
     cfg.scheduler = {};
     cfg.zero_optimization.stage = Stage;
-    Engine engine(cfg, ds::comm::Mpi{});
+    cfg.zero_optimization.overlap_comm = Overlap;
+    cfg.bf16.enabled = std::is_same_v<P, ds::BF16>;
+    cfg.fp16.enabled = P::scales_loss;
+    if constexpr (P::scales_loss) cfg.fp16.loss_scale = 1024;  // static: every step does the same work
+    Engine engine(cfg, ds::comm::Mpi{Mode});
     const auto micro = static_cast<std::size_t>(engine.train_micro_batch_size_per_gpu());
     std::vector<float> inputs(micro * Engine::input_size);
     ds::Rng rng(static_cast<std::uint64_t>(engine.global_rank()));
@@ -79,6 +92,18 @@ BENCHMARK(zero_step<WideMlp, 0>)->Arg(64)->Iterations(iterations_mlp)->UseRealTi
 BENCHMARK(zero_step<WideMlp, 1>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage1");
 BENCHMARK(zero_step<WideMlp, 2>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage2");
 BENCHMARK(zero_step<WideMlp, 3>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3");
+
+// Mixed precision (2-byte gradients and gathers) and the two ways of overlapping.
+using ds::BF16, ds::FP32, ds::comm::Progress;
+using Fp16 = ds::FP16<ds::StaticLossScaler>;
+BENCHMARK(zero_step<cifar10::CifarNet, 2, BF16>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("net/stage2/bf16");
+BENCHMARK(zero_step<cifar10::CifarNet, 2, Fp16>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("net/stage2/fp16");
+BENCHMARK(zero_step<WideMlp, 2, BF16>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage2/bf16");
+BENCHMARK(zero_step<WideMlp, 3, BF16>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3/bf16");
+BENCHMARK(zero_step<WideMlp, 2, FP32, Progress::library, false>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage2/no-overlap");
+BENCHMARK(zero_step<WideMlp, 2, FP32, Progress::thread>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage2/comm-thread");
+BENCHMARK(zero_step<WideMlp, 3, FP32, Progress::library, false>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3/no-prefetch");
+BENCHMARK(zero_step<WideMlp, 3, FP32, Progress::thread>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3/comm-thread");
 
 namespace {
 /// Ranks other than 0 run the same benchmarks silently.

@@ -41,7 +41,7 @@ inline constexpr std::string_view usage_text =
     "  --max-steps N            stop after N optimizer steps\n"
     "  --seed N                 initialisation and shuffling seed (default: the config's)\n"
     "  --no-shuffle             keep the training data in file order\n"
-    "  --threads N              compute threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --threads N              compute threads per rank (default: OMP_NUM_THREADS, or the cores shared among the ranks on this machine)\n"
     "  --init-weights FILE      start from a safetensors file (PyTorch names)\n"
     "  --save-weights FILE      write the trained weights as safetensors\n"
     "  --metrics-json FILE      write the run's figures as one JSON object\n";

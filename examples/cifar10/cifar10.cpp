@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -29,6 +30,7 @@
 #include <ds/data/cifar10.hpp>
 #include <ds/data/idx.hpp>
 #include <ds/data/synthetic.hpp>
+#include <ds/device/cpu/threads.hpp>
 #include <ds/engine/initialize.hpp>
 #include <ds/io/model_weights.hpp>
 #include <ds/nn/cross_entropy.hpp>
@@ -277,9 +279,10 @@ int main(int argc, char** argv) {
         // Convolutions split images over OpenMP threads; the small fully connected GEMMs use
         // one BLAS thread (OpenBLAS's own threads would spin against OpenMP's).
         openblas_set_num_threads(1);
-#if defined(_OPENMP)
-        if (args.threads) omp_set_num_threads(*args.threads);
-#endif
+        // Without --threads or OMP_NUM_THREADS, the ranks on this machine share its cores.
+        if (args.threads) ds::cpu::set_threads(*args.threads);
+        else if (!std::getenv("OMP_NUM_THREADS"))
+            ds::cpu::set_threads(ds::cpu::cores_per_rank(ds::comm::init_distributed().local_world_size));
         Splits data;
         ds::comm::rank_zero_first(world, [&] { data = load_data(args); });  // rank 0 reads (and reports) first
         if (leader)

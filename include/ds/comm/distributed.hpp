@@ -15,6 +15,7 @@ struct DistributedEnv {
     int rank = 0;
     int world_size = 1;
     int local_rank = 0;
+    int local_world_size = 1;  ///< processes of this job on this machine
 };
 
 namespace detail {
@@ -30,7 +31,8 @@ inline int env_int(const char* name, int fallback) {
 
 /// `ds::init_distributed`'s answer: `RANK` / `WORLD_SIZE` / `LOCAL_RANK` when set (as
 /// torchrun and DeepSpeed's launcher set them), else OpenMPI's `OMPI_COMM_WORLD_RANK` /
-/// `_SIZE` / `_LOCAL_RANK` (as `mpirun` sets them), else a world of one.
+/// `_SIZE` / `_LOCAL_RANK` / `_LOCAL_SIZE` (as `mpirun` sets them), else a world of one;
+/// `LOCAL_WORLD_SIZE` as torchrun sets it.
 /// @throws std::invalid_argument when a variable is not a number or the rank is out of range
 inline DistributedEnv init_distributed() {
     DistributedEnv env;
@@ -40,6 +42,8 @@ inline DistributedEnv init_distributed() {
     env.rank = detail::env_int("RANK", env.rank);
     env.world_size = detail::env_int("WORLD_SIZE", env.world_size);
     env.local_rank = detail::env_int("LOCAL_RANK", env.local_rank);
+    env.local_world_size = detail::env_int("OMPI_COMM_WORLD_LOCAL_SIZE", env.world_size);
+    env.local_world_size = detail::env_int("LOCAL_WORLD_SIZE", env.local_world_size);
     if (env.world_size < 1 || env.rank >= env.world_size)
         throw std::invalid_argument("rank " + std::to_string(env.rank) + " is not in a world of " +
                                     std::to_string(env.world_size));

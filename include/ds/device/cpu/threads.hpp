@@ -3,6 +3,7 @@
 /// The CPU backend's threads: OpenMP when the program is built with it, else one thread.
 
 #include <cstddef>
+#include <thread>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -17,6 +18,25 @@ inline int max_threads() {
 #else
     return 1;
 #endif
+}
+
+/// Sets the threads parallel loops use.
+inline void set_threads(int n) {
+#if defined(_OPENMP)
+    omp_set_num_threads(n > 0 ? n : 1);
+#else
+    (void)n;
+#endif
+}
+
+/// This machine's cores divided among the `local_ranks` processes on it, at least one each
+/// (what DeepSpeed's launcher does with `--bind_cores_to_rank`): ranks that each start a
+/// thread per core would oversubscribe the machine, and OpenMP's spinning threads then wait
+/// on each other for whole scheduler slices.
+inline int cores_per_rank(int local_ranks) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    const int ranks = local_ranks > 0 ? local_ranks : 1;
+    return cores / ranks > 0 ? cores / ranks : 1;
 }
 
 /// The calling thread's index within the current parallel loop.

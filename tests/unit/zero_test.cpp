@@ -1,6 +1,7 @@
 // ZeRO's laws on the threaded communicator: every stage on N ranks trains exactly like
 // stage 0 on one rank (same global batch), moves the elements the ZeRO paper predicts and
 // holds the bytes per rank the partitioning implies.
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -218,6 +219,32 @@ TEST_CASE("elements communicated per step: 2Ψ for stages 0-2, 3Ψ for stage 3 (
         CHECK(at(d, Op::all_gather) == 2 * psi);  // before each layer's forward and backward
         CHECK(at(d, Op::reduce_scatter) == psi);
         CHECK(at(d, Op::all_reduce) == 2);
+    });
+}
+
+TEST_CASE("bf16 moves the same elements per step as fp32: 2Ψ at stage 2, 3Ψ at stage 3") {
+    const auto data = make_batches(1);
+    ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
+        using ds::comm::Op;
+        auto moved = [&](auto& engine) {
+            const auto before = engine.communicator().counters();
+            train(engine, data, 1);
+            const auto& after = engine.communicator().counters();
+            return std::array<std::uint64_t, 3>{after[Op::reduce_scatter] - before[Op::reduce_scatter],
+                                                after[Op::all_gather] - before[Op::all_gather],
+                                                after[Op::all_reduce] - before[Op::all_reduce]};
+        };
+        ThreadedEngine<2, ds::SGD<>, ds::BF16> s2(mixed<ds::BF16>(2), comm);
+        const auto d2 = moved(s2);
+        CHECK(d2[0] == s2.padded_params());
+        CHECK(d2[1] == s2.padded_params());
+        ds::Config forced = mixed<ds::BF16>(3);
+        forced.zero_optimization.stage3_param_persistence_threshold = 0;
+        ThreadedEngine<3, ds::SGD<>, ds::BF16> s3(forced, comm);
+        const auto d3 = moved(s3);
+        CHECK(d3[0] == s3.padded_params());
+        CHECK(d3[1] == 2 * s3.padded_params());
+        CHECK(d3[2] == 2);  // the squared norm, as in fp32
     });
 }
 

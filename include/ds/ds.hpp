@@ -10,6 +10,7 @@
 #endif
 #include <ds/comm/single.hpp>
 #include <ds/comm/threads.hpp>
+#include <ds/comm/worker.hpp>
 #include <ds/config/check.hpp>
 #include <ds/config/check_result.hpp>
 #include <ds/config/config.hpp>
@@ -44,6 +45,7 @@
 #include <ds/nn/conv2d.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/nn/flatten.hpp>
+#include <ds/nn/gating.hpp>
 #if __has_include(<cblas.h>)
 #include <ds/nn/linear.hpp>
 #endif

@@ -50,6 +50,7 @@
 #include <ds/nn/linear.hpp>
 #endif
 #include <ds/nn/max_pool2d.hpp>
+#include <ds/nn/moe.hpp>
 #include <ds/nn/relu.hpp>
 #include <ds/nn/sequential.hpp>
 #include <ds/nn/shape.hpp>

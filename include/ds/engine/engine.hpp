@@ -179,8 +179,11 @@ public:
 
     // --- mode and state ----------------------------------------------------------------
 
-    void train(bool mode = true) { training_ = mode; }
-    void eval() { training_ = false; }
+    void train(bool mode = true) {
+        training_ = mode;
+        model_.set_training(mode);
+    }
+    void eval() { train(false); }
     bool training() const { return training_; }
 
     std::int64_t global_steps() const { return global_steps_; }

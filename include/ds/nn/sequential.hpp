@@ -180,6 +180,16 @@ public:
         return n * sizeof(T) + work * sizeof(float);
     }
 
+    /// Training or eval mode for the layers that behave differently (the MoE gates' noise
+    /// and capacity factor), like `module.train(mode)`.
+    void set_training(bool training) {
+        std::apply([&](auto&... layer) {
+            ([&] {
+                if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
+            }(), ...);
+        }, layers_);
+    }
+
     /// PyTorch's default initialisation of every layer, in layer order, from `rng`.
     static void init(float* params, Rng& rng) {
         [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -231,6 +241,16 @@ public:
     void backward(const T* grad_output, Hooks& hooks) {
         std::copy_n(grad_output, batch_ * output_shape::size, grad_a_.data());
         backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
+    }
+
+    /// Layer I itself (for tests and inspection, e.g. an MoE layer's routing).
+    template <std::size_t I>
+    auto& layer() {
+        return std::get<I>(layers_);
+    }
+    template <std::size_t I>
+    const auto& layer() const {
+        return std::get<I>(layers_);
     }
 
     /// The activations of layer I after `forward` (for tests and inspection).

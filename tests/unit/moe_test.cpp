@@ -19,13 +19,16 @@ namespace {
 
 using namespace ds::nn;
 
-constexpr MoEOptions top1{.k = 1, .capacity_factor = 1.0, .min_capacity = 2, .use_rts = false};
-constexpr MoEOptions top2_residual{.k = 2, .capacity_factor = 1.0, .min_capacity = 2, .use_residual = true,
-                                   .second_expert_sampling = false};
+constexpr MoESettings top1{.k = 1, .capacity_factor = 1.0, .min_capacity = 2, .use_rts = false};
+constexpr MoESettings top2{.k = 2, .capacity_factor = 1.0, .min_capacity = 2, .second_expert_sampling = false};
 constexpr std::size_t M = 8;
 
-template <MoEOptions O>
-using Net = Sequential<Features<M>, Named<"moe", MoE<Linear<M, M>, O, 2, 3>>>;
+/// Case 0: top-1, plain MoE; case 1: top-2, PR-MoE.
+template <int Case>
+using Net = Sequential<Features<M>,
+                       Named<"moe", MoE<Linear<M, M>, Case == 0 ? MoEMlp::standard : MoEMlp::residual, 2, 3>>>;
+template <int Case>
+constexpr MoESettings settings_for = Case == 0 ? top1 : top2;
 
 /// The weights of Linear expert `e` of MoE layer `i` inside `params`, by PyTorch name.
 template <class N>
@@ -46,13 +49,13 @@ std::vector<double> linear(const float* w, const float* b, const double* x, std:
     return y;
 }
 
-template <MoEOptions O>
+template <int Case>
 std::vector<float> random_params(std::uint64_t seed) {
-    std::vector<float> p(Net<O>::param_count);
+    std::vector<float> p(Net<Case>::param_count);
     ds::Rng rng(seed);
-    Net<O>::init(p.data(), rng);
+    Net<Case>::init(p.data(), rng);
     // Gates ×3: routing rarely flips under small steps, and the gate still has gradient.
-    for (const auto& t : Net<O>::parameters)
+    for (const auto& t : Net<Case>::parameters)
         if (t.name().find("gate.wg") != std::string_view::npos)
             for (std::size_t i = 0; i < t.numel(); ++i) p[t.offset + i] *= 3.0f;
     return p;
@@ -70,7 +73,7 @@ std::vector<float> random_input(std::size_t batch, std::uint64_t seed) {
 TEST_SUITE("moe") {
 
 TEST_CASE("PR-MoE [2, 3] has DeepSpeed's parameter names, in PyTorch's order, with the MLP shared") {
-    using N = Net<top2_residual>;
+    using N = Net<1>;
     std::vector<std::string> names;
     for (const auto& p : N::parameters) names.emplace_back(p.name());
     const std::vector<std::string> expected{
@@ -98,10 +101,11 @@ TEST_CASE("PR-MoE [2, 3] has DeepSpeed's parameter names, in PyTorch's order, wi
 
 TEST_CASE_TEMPLATE("forward equals a float64 re-computation from the routing", Opt,
                    std::integral_constant<int, 0>, std::integral_constant<int, 1>) {
-    constexpr MoEOptions O = Opt::value == 0 ? top1 : top2_residual;
-    using N = Net<O>;
+    constexpr int Case = Opt::value;
+    constexpr MoESettings O = settings_for<Case>;
+    using N = Net<Case>;
     const std::size_t batch = 6;
-    auto params = random_params<O>(7);
+    auto params = random_params<Case>(7);
     // Different experts, so a wrong dispatch shows.
     ds::Rng rng(8);
     for (const auto& t : N::parameters)
@@ -109,6 +113,7 @@ TEST_CASE_TEMPLATE("forward equals a float64 re-computation from the routing", O
             for (std::size_t i = 0; i < t.numel(); ++i) params[t.offset + i] += rng.uniform(-0.2f, 0.2f);
     const auto x = random_input(batch, 9);
     N net(batch);
+    net.configure_moe(O);
     const float* y = net.forward(x.data(), batch, params.data());
 
     std::vector<double> h(x.begin(), x.end());  // the running activation, in double
@@ -123,7 +128,7 @@ TEST_CASE_TEMPLATE("forward equals a float64 re-computation from the routing", O
                 const auto out = linear(tensor<N>(params, e + ".weight"), tensor<N>(params, e + ".bias"), &h[s * M], M, M);
                 for (std::size_t m = 0; m < M; ++m) next[s * M + m] += r.weight[s * r.k + j] * out[m];
             }
-            if (O.use_residual) {
+            if (Case == 1) {
                 const auto mlp = linear(tensor<N>(params, "moe.0.mlp.weight"), tensor<N>(params, "moe.0.mlp.bias"),
                                         &h[s * M], M, M);
                 const auto z = linear(tensor<N>(params, at + "coefficient.weight"),
@@ -153,9 +158,10 @@ TEST_CASE_TEMPLATE("forward equals a float64 re-computation from the routing", O
 
 TEST_CASE_TEMPLATE("backward equals central differences, the input gradient included", Opt,
                    std::integral_constant<int, 0>, std::integral_constant<int, 1>) {
-    constexpr MoEOptions O = Opt::value == 0 ? top1 : top2_residual;
+    constexpr int Case = Opt::value;
     // A Linear in front: its gradients check the MoE layer's input gradient.
-    using N = Sequential<Features<M>, Named<"fc", Linear<M, M>>, Named<"moe", MoE<Linear<M, M>, O, 2, 3>>>;
+    using N = Sequential<Features<M>, Named<"fc", Linear<M, M>>,
+                         Named<"moe", MoE<Linear<M, M>, Case == 0 ? MoEMlp::standard : MoEMlp::residual, 2, 3>>>;
     const std::size_t batch = 5;
     std::vector<float> params(N::param_count);
     ds::Rng rng(17);
@@ -166,6 +172,7 @@ TEST_CASE_TEMPLATE("backward equals central differences, the input gradient incl
     const auto x = random_input(batch, 18);
     const auto c = random_input(batch, 19);  // loss = Σ c · y
     N net(batch);
+    net.configure_moe(settings_for<Case>);
     auto loss = [&](const std::vector<float>& p) {
         const float* y = net.forward(x.data(), batch, p.data());
         double l = 0;
@@ -196,11 +203,13 @@ TEST_CASE_TEMPLATE("backward equals central differences, the input gradient incl
 
 TEST_CASE("an MoE net trains: the loss falls on learnable data, and eval uses eval_capacity_factor") {
     using MoENet = Sequential<Features<16>, Named<"fc1", Linear<16, 16>>, ReLU,
-                              Named<"moe", MoE<Linear<16, 16>, MoEOptions{.k = 1, .eval_capacity_factor = 2.0, .min_capacity = 2,
-                                                                        .noisy_gate_policy = NoisyGate::rsample}, 2>>,
+                              Named<"moe", MoE<Linear<16, 16>, MoEMlp::standard, 2>>,
                               Named<"fc4", Linear<16, 4>>>;
     ds::Config cfg{.train_batch_size = 16, .optimizer = {.type = ds::OptimizerType::Adam, .params = {.lr = 1e-2}}, .seed = 2};
     ds::Engine<MoENet, ds::Adam<>> engine(cfg);
+    engine.module().configure_moe(MoESettings{.k = 1, .eval_capacity_factor = 2.0, .min_capacity = 2,
+                                              .noisy_gate_policy = NoisyGate::rsample});
+    CHECK_THROWS_WITH(engine.module().configure_moe(MoESettings{.k = 3}), doctest::Contains("takes 1 or 2"));
     const auto data = ds::data::make_synthetic(16 * 40, 1, 4, 4, 4, 3);
     std::vector<float> inputs(16 * 16);
     std::vector<std::int32_t> labels(16);

@@ -1,6 +1,6 @@
 #pragma once
 /// @file
-/// `ds::nn::MoE<Expert, Options, Experts...>`: the CIFAR example's list of DeepSpeed MoE
+/// `ds::nn::MoE<Expert, Mlp, Experts...>`: the CIFAR example's list of DeepSpeed MoE
 /// layers (`moe_layer_list`) as one layer of a `Sequential` — one MoE layer per entry of
 /// `Experts...`, all built from the same expert, like `--num-experts 2 4`.
 
@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <utility>
@@ -22,8 +24,13 @@
 
 namespace ds::nn {
 
-/// The knobs of `deepspeed.moe.layer.MoE` that do not change parameter shapes.
-struct MoEOptions {
+/// `--mlp-type`: plain MoE, or PR-MoE's residual (the shared MLP mixed in by a 2-way softmax
+/// coefficient). It adds parameters, so it is part of the model's type.
+enum class MoEMlp { standard, residual };
+
+/// The arguments of `deepspeed.moe.layer.MoE` that leave the parameter shapes alone, set at
+/// run time (`MoE::configure`, or `Sequential::configure_moe` for every MoE layer).
+struct MoESettings {
     int k = 1;                          ///< experts per token: 1 or 2
     double capacity_factor = 1.0;       ///< training
     double eval_capacity_factor = 1.0;  ///< eval
@@ -31,7 +38,6 @@ struct MoEOptions {
     NoisyGate noisy_gate_policy = NoisyGate::none;
     bool drop_tokens = true;
     bool use_rts = true;
-    bool use_residual = false;  ///< PR-MoE: + the shared MLP, mixed by a 2-way softmax coefficient
     bool second_expert_sampling = true;  ///< top-2's Gumbel noise on the second choice
     std::uint64_t seed = 0x6d6f65;       ///< the gates' noise and token selection
 };
@@ -68,12 +74,10 @@ struct ParamName {
 /// combine; with `use_residual`, `out·c₀ + mlp(x)·c₁`, c = softmax(coefficient(x)).
 /// All experts are local (expert parallelism comes with the engine's expert groups).
 /// `l_aux` is computed (see `aux_losses()`) but, as in the example, not trained on.
-template <class Expert, MoEOptions Options, std::size_t... Experts>
+template <class Expert, MoEMlp Mlp, std::size_t... Experts>
 struct MoE {
     static_assert(sizeof...(Experts) > 0, "ds::nn::MoE: give at least one expert count");
     static_assert(((Experts > 0) && ...), "ds::nn::MoE: an MoE layer needs at least one expert");
-    static_assert(Options.k == 1 || Options.k == 2, "ds::nn::MoE: k must be 1 or 2 (DeepSpeed's MoE)");
-    static_assert(Options.k == 1 || ((Experts >= 2) && ...), "ds::nn::MoE: top-2 needs at least 2 experts per layer");
 
     template <class Input>
     struct Bound {
@@ -84,7 +88,7 @@ struct MoE {
         using output_shape = Input;
         static constexpr std::size_t layers = sizeof...(Experts);
         static constexpr std::array<std::size_t, layers> experts{Experts...};
-        static constexpr bool residual = Options.use_residual;
+        static constexpr bool residual = Mlp == MoEMlp::residual;
         static constexpr std::size_t expert_params = [] {
             std::size_t n = 0;
             for (const auto& p : expert_t::params) n += p.shape.numel();
@@ -184,6 +188,20 @@ struct MoE {
 
         void set_training(bool training) { training_ = training; }
 
+        /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert, or a
+        /// negative capacity
+        void configure(const MoESettings& settings) {
+            if (settings.k != 1 && settings.k != 2)
+                throw std::invalid_argument("MoE: k = " + std::to_string(settings.k) + "; DeepSpeed's MoE takes 1 or 2");
+            if (settings.k == 2 && *std::min_element(experts.begin(), experts.end()) < 2)
+                throw std::invalid_argument("MoE: top-2 gating needs at least 2 experts in every MoE layer");
+            if (settings.min_capacity < 0 || settings.capacity_factor <= 0 || settings.eval_capacity_factor <= 0)
+                throw std::invalid_argument("MoE: capacity factors must be positive and min_capacity not negative");
+            settings_ = settings;
+            rng_ = Rng(settings.seed);
+        }
+        const MoESettings& settings() const { return settings_; }
+
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
             const float* in = x;
             for (std::size_t i = 0; i < layers; ++i) {
@@ -246,19 +264,20 @@ struct MoE {
             Routing routing;
         };
 
+        bool jittered() const { return training_ && settings_.noisy_gate_policy == NoisyGate::jitter; }
+
         Routing route(std::size_t i, std::size_t batch) {
             LayerState& l = state_[i];
-            const double cf = training_ ? Options.capacity_factor : Options.eval_capacity_factor;
+            const MoESettings& o = settings_;
+            const double cf = training_ ? o.capacity_factor : o.eval_capacity_factor;
             const std::span<const float> logits(l.logits.data(), batch * experts[i]);
-            const auto min_capacity = static_cast<std::size_t>(Options.min_capacity);
-            if constexpr (Options.k == 1) {
+            const auto min_capacity = static_cast<std::size_t>(o.min_capacity);
+            if (o.k == 1) {
                 const NoisyGate noise =
-                    training_ && Options.noisy_gate_policy == NoisyGate::rsample ? NoisyGate::rsample : NoisyGate::none;
-                return top1_gating(logits, experts[i], cf, min_capacity, noise, Options.drop_tokens, Options.use_rts, rng_);
-            } else {
-                return top2_gating(logits, experts[i], cf, min_capacity, Options.drop_tokens,
-                                   Options.second_expert_sampling, rng_);
+                    training_ && o.noisy_gate_policy == NoisyGate::rsample ? NoisyGate::rsample : NoisyGate::none;
+                return top1_gating(logits, experts[i], cf, min_capacity, noise, o.drop_tokens, o.use_rts, rng_);
             }
+            return top2_gating(logits, experts[i], cf, min_capacity, o.drop_tokens, o.second_expert_sampling, rng_);
         }
 
         void forward_layer(std::size_t i, const float* x, float* y, std::size_t batch, const float* w) {
@@ -266,7 +285,7 @@ struct MoE {
             const std::size_t E = experts[i];
             // Gate, in fp32 (Jitter: the gate sees x · U(0.99, 1.01) in training).
             const float* gate_x = x;
-            if (training_ && Options.noisy_gate_policy == NoisyGate::jitter) {
+            if (jittered()) {
                 for (std::size_t j = 0; j < batch * M; ++j) {
                     l.jitter[j] = rng_.uniform(0.99f, 1.01f);
                     l.gate_input[j] = x[j] * l.jitter[j];
@@ -385,13 +404,13 @@ struct MoE {
             }
             // Gate: d logits from the weights (l_aux is not trained on), then through x·Wgᵀ.
             const auto d_logits = gating_backward(r, d_weight);
-            const float* gate_x = training_ && Options.noisy_gate_policy == NoisyGate::jitter ? l.gate_input.data() : x;
+            const bool jitter = jittered();
+            const float* gate_x = jitter ? l.gate_input.data() : x;
             cpu::gemm(cpu::Op::transpose, cpu::Op::none, E, M, batch, 1.0f, d_logits.data(), E, gate_x, M, 1.0f,
                       dw + offset_of_gate(i), M);
             std::vector<float> dgx(batch * M);
             cpu::gemm(cpu::Op::none, cpu::Op::none, batch, M, E, 1.0f, d_logits.data(), E, w + offset_of_gate(i), M, 0.0f,
                       dgx.data(), M);
-            const bool jitter = training_ && Options.noisy_gate_policy == NoisyGate::jitter;
             for (std::size_t j = 0; j < batch * M; ++j) dx[j] += jitter ? dgx[j] * l.jitter[j] : dgx[j];
         }
 
@@ -400,7 +419,8 @@ struct MoE {
         std::vector<float> work_, work2_;
         std::size_t max_batch_ = 0;
         bool training_ = true;
-        Rng rng_{Options.seed};
+        MoESettings settings_{};
+        Rng rng_{settings_.seed};
     };
 };
 

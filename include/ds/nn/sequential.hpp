@@ -183,11 +183,23 @@ public:
     /// Training or eval mode for the layers that behave differently (the MoE gates' noise
     /// and capacity factor), like `module.train(mode)`.
     void set_training(bool training) {
-        std::apply([&](auto&... layer) {
-            ([&] {
-                if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
-            }(), ...);
-        }, layers_);
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
+        });
+    }
+
+    /// Applies `settings` to every layer that takes them (`ds::nn::MoE::configure`).
+    template <class Settings>
+    void configure_moe(const Settings& settings) {
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
+        });
+    }
+
+    /// Calls `f(layer)` for every layer, in order.
+    template <class F>
+    void for_each_layer(F&& f) {
+        std::apply([&](auto&... layer) { (f(layer), ...); }, layers_);
     }
 
     /// PyTorch's default initialisation of every layer, in layer order, from `rng`.

@@ -26,6 +26,15 @@ struct Args {
     std::optional<int> threads;
     std::string init_weights, save_weights, metrics_json;
     bool help = false;
+    // Mixture of Experts, as the Python example's flags (cifar10_moe_* binaries).
+    bool moe = false;
+    std::vector<int> num_experts{1};
+    int ep_world_size = 1;
+    int top_k = 1;
+    int min_capacity = 0;
+    std::string noisy_gate_policy;  // empty: None
+    std::string mlp_type = "standard";
+    bool moe_param_group = false;
 };
 
 inline constexpr std::string_view usage_text =
@@ -44,7 +53,12 @@ inline constexpr std::string_view usage_text =
     "  --threads N              compute threads per rank (default: OMP_NUM_THREADS, or the cores shared among the ranks on this machine)\n"
     "  --init-weights FILE      start from a safetensors file (PyTorch names)\n"
     "  --save-weights FILE      write the trained weights as safetensors\n"
-    "  --metrics-json FILE      write the run's figures as one JSON object\n";
+    "  --metrics-json FILE      write the run's figures as one JSON object\n"
+    "  --moe                    Mixture of Experts (cifar10_moe_* binaries), with:\n"
+    "    --num-experts N [N ...]  experts per MoE layer, one layer per number (built: 2, and 2 4)\n"
+    "    --mlp-type {standard,residual}  residual = PR-MoE\n"
+    "    --top-k {1,2}  --min-capacity N  --noisy-gate-policy {None,Jitter,RSample}\n"
+    "    --ep-world-size N  --moe-param-group\n";
 
 inline Args parse_args(int argc_in, char** argv_in) {
     // "--flag=value" is "--flag value", as argparse reads it.
@@ -95,9 +109,28 @@ inline Args parse_args(int argc_in, char** argv_in) {
         else if (arg == "--init-weights") a.init_weights = value(i, arg);
         else if (arg == "--save-weights") a.save_weights = value(i, arg);
         else if (arg == "--metrics-json") a.metrics_json = value(i, arg);
+        else if (arg == "--moe") a.moe = true;
+        else if (arg == "--num-experts" || arg == "--num_experts") {
+            a.num_experts.clear();
+            a.num_experts.push_back(static_cast<int>(integer(i, arg)));
+            while (i + 1 < argc && !std::string_view(argv[i + 1]).starts_with("--"))
+                a.num_experts.push_back(static_cast<int>(integer(i, arg)));
+        } else if (arg == "--ep-world-size" || arg == "--ep_world_size") a.ep_world_size = static_cast<int>(integer(i, arg));
+        else if (arg == "--top-k" || arg == "--top_k") a.top_k = static_cast<int>(integer(i, arg));
+        else if (arg == "--min-capacity" || arg == "--min_capacity") a.min_capacity = static_cast<int>(integer(i, arg));
+        else if (arg == "--noisy-gate-policy" || arg == "--noisy_gate_policy") a.noisy_gate_policy = value(i, arg);
+        else if (arg == "--mlp-type" || arg == "--mlp_type") a.mlp_type = value(i, arg);
+        else if (arg == "--moe-param-group" || arg == "--moe_param_group") a.moe_param_group = true;
         else throw std::invalid_argument("unknown flag '" + std::string(arg) + "' (see --help)");
     }
     if (a.log_interval <= 0) throw std::invalid_argument("--log-interval must be positive");
+    if (a.mlp_type != "standard" && a.mlp_type != "residual")
+        throw std::invalid_argument("--mlp-type must be standard or residual, got '" + a.mlp_type + "'");
+    if (!a.noisy_gate_policy.empty() && a.noisy_gate_policy != "None" && a.noisy_gate_policy != "Jitter" &&
+        a.noisy_gate_policy != "RSample")
+        throw std::invalid_argument("--noisy-gate-policy must be None, Jitter or RSample, got '" + a.noisy_gate_policy + "'");
+    if (a.top_k != 1 && a.top_k != 2) throw std::invalid_argument("--top-k must be 1 or 2");
+    if (a.ep_world_size < 1) throw std::invalid_argument("--ep-world-size must be at least 1");
     if (!a.dataset.empty() && a.dataset != "cifar10" && a.dataset != "fashion-mnist" && a.dataset != "synthetic")
         throw std::invalid_argument("--dataset must be cifar10, fashion-mnist or synthetic, got '" + a.dataset + "'");
     return a;

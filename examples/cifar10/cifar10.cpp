@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include <cblas.h>
@@ -52,6 +53,9 @@ using Comm = ds::comm::Single;
 #ifndef CIFAR10_STAGE
 #define CIFAR10_STAGE 0
 #endif
+#ifndef CIFAR10_MOE
+#define CIFAR10_MOE 0
+#endif
 
 namespace {
 
@@ -72,14 +76,24 @@ constexpr ds::Config binary_config = [] {
 static_assert(ds::static_check<binary_config, 1>());
 using Policies = ds::PoliciesFor<binary_config>;
 
-std::string binary_name(std::string_view dtype, int stage) {
-    return "cifar10_" + std::string(dtype) + "_zero" + std::to_string(stage);
+constexpr bool binary_moe = CIFAR10_MOE;
+
+std::string binary_name(std::string_view dtype, int stage, bool moe = binary_moe) {
+    return std::string(moe ? "cifar10_moe_" : "cifar10_") + std::string(dtype) + "_zero" + std::to_string(stage);
 }
 
 /// The config this run uses: the binary's own, or --deepspeed_config's numbers when they
 /// ask for the same policies (otherwise the error names the binary that matches).
 ds::Config resolve_config(const cifar10::Args& args) {
     const std::string self = binary_name(binary_dtype, binary_stage);
+    const std::string other = binary_name(args.dtype.empty() ? binary_dtype : args.dtype,
+                                          args.stage.value_or(binary_stage), !binary_moe);
+    if (args.moe && !binary_moe)
+        throw std::invalid_argument("--moe: this binary is " + self + " (the dense Net); run " + other +
+                                    " (examples/cifar10/run_ds_moe.sh)");
+    if (!args.moe && binary_moe)
+        throw std::invalid_argument("this binary is " + self + " (the --moe Net): pass --moe, or run " + other +
+                                    " for the dense Net");
     if (!args.dtype.empty() && args.dtype != binary_dtype)
         throw std::invalid_argument("--dtype " + args.dtype + ": this binary is " + self + "; run " +
                                     binary_name(args.dtype, args.stage.value_or(binary_stage)) +
@@ -136,6 +150,17 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     constexpr std::size_t classes = Net::output_shape::size;
     auto [engine, optimizer, trainloader, scheduler] =
         ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle}, std::move(comm));
+    if constexpr (requires { engine->module().configure_moe(ds::nn::MoESettings{}); }) {
+        // DeepSpeed's MoE defaults (capacity factor 1, eval 1, tokens dropped, random token
+        // selection) with the example's flags.
+        const ds::nn::NoisyGate noise = args.noisy_gate_policy == "Jitter"    ? ds::nn::NoisyGate::jitter
+                                        : args.noisy_gate_policy == "RSample" ? ds::nn::NoisyGate::rsample
+                                                                              : ds::nn::NoisyGate::none;
+        engine->module().configure_moe(ds::nn::MoESettings{.k = args.top_k,
+                                                           .min_capacity = args.min_capacity,
+                                                           .noisy_gate_policy = noise,
+                                                           .seed = static_cast<std::uint64_t>(cfg.seed)});
+    }
     if (!args.init_weights.empty()) {
         std::vector<float> weights(Net::param_count);
         ds::io::load_weights<Net>(args.init_weights, weights);
@@ -194,10 +219,11 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     const auto weights = engine->full_parameters();  // collective at stage 3
     if (!args.save_weights.empty() && leader) ds::io::save_weights<Net>(args.save_weights, weights);
 
-    // Test: every test image, in batches of the micro-batch size.
+    // Test: every test image, in batches of 4 as the Python example's testloader (fewer if the
+    // micro batch is smaller). The batch matters for MoE: it sets the experts' capacity.
     engine->eval();
     std::vector<std::size_t> correct(classes), total(classes);
-    const std::size_t batch = static_cast<std::size_t>(engine->train_micro_batch_size_per_gpu());
+    const std::size_t batch = std::min<std::size_t>(4, static_cast<std::size_t>(engine->train_micro_batch_size_per_gpu()));
     std::vector<float> inputs(batch * Net::input_shape::size);
     for (std::size_t first = 0; first < data.test.size(); first += batch) {
         const std::size_t n = std::min(batch, data.test.size() - first);
@@ -261,6 +287,34 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     return 0;
 }
 
+/// The Net for C × Side × Side images: the dense one, or in a MoE binary the MoE Net that
+/// `--num-experts` and `--mlp-type` name (each is its own type: the experts are parameters).
+template <std::size_t C, std::size_t Side>
+int train(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
+    if constexpr (!binary_moe) {
+        return train_and_test<cifar10::Net<C, Side>>(args, cfg, data, std::move(comm));
+    } else {
+        using ds::nn::MoEMlp;
+        if (args.ep_world_size != 1)
+            throw std::invalid_argument("--ep-world-size " + std::to_string(args.ep_world_size) +
+                                        ": expert parallelism is not built yet; every rank holds all experts "
+                                        "(--ep-world-size 1)");
+        const bool residual = args.mlp_type == "residual";
+        if (args.num_experts == std::vector<int>{2} && !residual)
+            return train_and_test<cifar10::MoENet<C, Side, MoEMlp::standard, 2>>(args, cfg, data, std::move(comm));
+        if (args.num_experts == std::vector<int>{2, 4} && residual)
+            return train_and_test<cifar10::MoENet<C, Side, MoEMlp::residual, 2, 4>>(args, cfg, data, std::move(comm));
+        std::ostringstream message;
+        message << "--num-experts";
+        for (int n : args.num_experts) message << ' ' << n;
+        message << " --mlp-type " << args.mlp_type
+                << ": this binary is built for --num-experts 2 (standard, run_ds_moe.sh) and --num-experts 2 4 "
+                   "--mlp-type residual (run_ds_prmoe.sh); other lists are instantiated in "
+                   "examples/cifar10/cifar10.cpp's train()";
+        throw std::invalid_argument(message.str());
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -289,10 +343,8 @@ int main(int argc, char** argv) {
             std::cout << "dataset: " << data.train.name << " (" << data.train.channels << "x" << data.train.height
                       << "x" << data.train.width << ", " << data.train.size() << " train, " << data.test.size()
                       << " test)\n";
-        if (data.train.channels == 3 && data.train.height == 32)
-            return train_and_test<cifar10::CifarNet>(args, cfg, data, std::move(world));
-        if (data.train.channels == 1 && data.train.height == 28)
-            return train_and_test<cifar10::FashionMnistNet>(args, cfg, data, std::move(world));
+        if (data.train.channels == 3 && data.train.height == 32) return train<3, 32>(args, cfg, data, std::move(world));
+        if (data.train.channels == 1 && data.train.height == 28) return train<1, 28>(args, cfg, data, std::move(world));
         throw std::invalid_argument("no Net is built for " + std::to_string(data.train.channels) + "x" +
                                     std::to_string(data.train.height) + "x" + std::to_string(data.train.width) + " images");
     } catch (const std::exception& e) {

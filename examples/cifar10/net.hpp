@@ -8,6 +8,7 @@
 #include <ds/nn/flatten.hpp>
 #include <ds/nn/linear.hpp>
 #include <ds/nn/max_pool2d.hpp>
+#include <ds/nn/moe.hpp>
 #include <ds/nn/relu.hpp>
 #include <ds/nn/sequential.hpp>
 
@@ -26,6 +27,18 @@ using Net = Sequential<Image<Channels, Side, Side>,
                        Named<"fc1", Linear<16 * pooled_side(Side) * pooled_side(Side), 120>>, ReLU,
                        Named<"fc2", Linear<120, 84>>, ReLU,
                        Named<"fc3", Linear<84, Classes>>>;
+
+/// The example's `--moe` Net: fc3 becomes the expert of one MoE layer per `--num-experts`
+/// entry (`moe_layer_list`), followed by fc4 (84 → 10), as in the Python example.
+template <std::size_t Channels, std::size_t Side, MoEMlp Mlp, std::size_t... Experts>
+using MoENet = Sequential<Image<Channels, Side, Side>,
+                          Named<"conv1", Conv2d<Channels, 6, 5>>, ReLU, MaxPool2d<2>,
+                          Named<"conv2", Conv2d<6, 16, 5>>, ReLU, MaxPool2d<2>,
+                          Flatten,
+                          Named<"fc1", Linear<16 * pooled_side(Side) * pooled_side(Side), 120>>, ReLU,
+                          Named<"fc2", Linear<120, 84>>, ReLU,
+                          Named<"moe_layer_list", MoE<Linear<84, 84>, Mlp, Experts...>>,
+                          Named<"fc4", Linear<84, 10>>>;
 
 using CifarNet = Net<3, 32>;         // 62,006 parameters
 using FashionMnistNet = Net<1, 28>;  // 44,426 parameters

@@ -68,6 +68,9 @@ template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precisio
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
 class Engine {
     static_assert(std::is_same_v<D, Cpu>, "ds::Engine: only ds::Cpu is built so far");
+    static_assert(!(Z::partitions_parameters && requires { requires Model::contains_moe; }),
+                  "ds::Engine: Mixture of Experts is not supported with ZeRO stage 3 (DeepSpeed: \"MoE not "
+                  "supported with Stage 3\"); use ds::Zero<0>, <1> or <2>");
 
 public:
     using model_type = Model;

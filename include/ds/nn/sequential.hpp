@@ -58,6 +58,10 @@ struct Chain<Input, First, Rest...> {
     using output = typename rest::output;
 };
 
+/// A Mixture-of-Experts layer: it reports auxiliary losses.
+template <class L>
+concept reports_aux_losses = requires(const L& l) { l.aux_losses(); };
+
 template <class L>
 constexpr std::size_t layer_param_count() {
     std::size_t n = 0;
@@ -118,6 +122,10 @@ public:
     /// The same model storing its values in `U`.
     template <class U>
     using with_storage = BasicSequential<U, Input, Layers...>;
+    /// Whether a layer is a Mixture of Experts (it reports auxiliary losses).
+    static constexpr bool contains_moe = []<std::size_t... I>(std::index_sequence<I...>) {
+        return (detail::reports_aux_losses<layer_t<I>> || ...);
+    }(std::make_index_sequence<layer_count>{});
     /// Ψ: the number of trainable values.
     static constexpr std::size_t param_count = layer_offsets[layer_count];
 

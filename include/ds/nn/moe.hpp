@@ -150,8 +150,7 @@ struct MoE {
                 l.experts.resize(experts[i]);
                 for (auto& e : l.experts) {
                     e.layer.reserve(max_batch);
-                    e.x.resize(max_batch * M);
-                    e.y.resize(max_batch * M);
+                    for (auto* b : {&e.x, &e.y, &e.dy, &e.dx}) b->resize(max_batch * M);
                     e.tokens.reserve(max_batch);
                     e.choices.reserve(max_batch);
                 }
@@ -164,8 +163,9 @@ struct MoE {
                 l.coef.resize(max_batch * 2);
             }
             mlp_.reserve(max_batch);
-            work_.resize(max_batch * M);
-            work2_.resize(max_batch * M);
+            for (auto* b : {&work_, &work2_, &scaled_, &d_mlp_, &mlp_dx_, &gate_dx_}) b->resize(max_batch * M);
+            dz_.resize(max_batch * 2);
+            d_weight_.resize(max_batch * 2);
         }
 
         /// PyTorch's defaults: one draw of the expert for every expert and the shared MLP;
@@ -255,6 +255,7 @@ struct MoE {
         struct Slot {
             expert_t layer{};
             std::vector<float> x, y;             ///< the expert's kept tokens, in slot order, and its outputs
+            std::vector<float> dy, dx;           ///< their gradients (backward)
             std::vector<std::size_t> tokens;     ///< token of each slot
             std::vector<std::size_t> choices;    ///< index into the routing's choices of each slot
         };
@@ -347,11 +348,11 @@ struct MoE {
             const float* x = l.input.data();
             std::fill_n(dx, batch * M, 0.0f);
             const float* d_moe = dy;
-            std::vector<float> scaled;
             if constexpr (residual) {
                 // out = moe·c₀ + mlp·c₁, c = softmax(z): dz_k = c_k (dc_k − Σ c·dc).
-                scaled.resize(batch * M);
-                std::vector<float> d_mlp(batch * M), dz(batch * 2);
+                float* const scaled = scaled_.data();
+                float* const d_mlp = d_mlp_.data();
+                float* const dz = dz_.data();
                 for (std::size_t s = 0; s < batch; ++s) {
                     const float* c = l.coef.data() + 2 * s;
                     double dc0 = 0, dc1 = 0;
@@ -368,39 +369,37 @@ struct MoE {
                 }
                 const float* wc = w + offset_of_coefficient(i);
                 float* dwc = dw + offset_of_coefficient(i);
-                cpu::gemm(cpu::Op::transpose, cpu::Op::none, 2, M, batch, 1.0f, dz.data(), 2, x, M, 1.0f, dwc, M);
+                cpu::gemm(cpu::Op::transpose, cpu::Op::none, 2, M, batch, 1.0f, dz, 2, x, M, 1.0f, dwc, M);
                 for (std::size_t s = 0; s < batch; ++s) dwc[2 * M] += dz[2 * s], dwc[2 * M + 1] += dz[2 * s + 1];
-                cpu::gemm(cpu::Op::none, cpu::Op::none, batch, M, 2, 1.0f, dz.data(), 2, wc, M, 1.0f, dx, M);
+                cpu::gemm(cpu::Op::none, cpu::Op::none, batch, M, 2, 1.0f, dz, 2, wc, M, 1.0f, dx, M);
                 // The shared MLP: its gradient from every layer adds into the one tensor.
-                std::vector<float> mlp_dx(batch * M);
-                mlp_.backward(x, l.mlp_out.data(), d_mlp.data(), mlp_dx.data(), batch, w + offset_of_mlp(),
+                mlp_.backward(x, l.mlp_out.data(), d_mlp, mlp_dx_.data(), batch, w + offset_of_mlp(),
                               dw + offset_of_mlp());
-                for (std::size_t j = 0; j < batch * M; ++j) dx[j] += mlp_dx[j];
-                d_moe = scaled.data();
+                for (std::size_t j = 0; j < batch * M; ++j) dx[j] += mlp_dx_[j];
+                d_moe = scaled;
             }
             // Combine: out[s] = Σ_j w_sj · y_e(slot); d w_sj = dy[s]·y, d y = w_sj · dy[s].
-            std::vector<float> d_weight(batch * r.k, 0.0f);
-            std::vector<float> dslot;
+            const std::span<float> d_weight(d_weight_.data(), batch * r.k);
+            std::fill(d_weight.begin(), d_weight.end(), 0.0f);
             for (std::size_t e = 0; e < E; ++e) {
                 Slot& slot = l.experts[e];
                 const std::size_t n = slot.tokens.size();
                 if (n == 0) continue;
-                dslot.assign(n * M, 0.0f);
+
                 for (std::size_t c = 0; c < n; ++c) {
                     const std::size_t s = slot.tokens[c];
                     const float g = r.weight[slot.choices[c]];
                     double dot = 0;
                     for (std::size_t m = 0; m < M; ++m) {
                         dot += double(d_moe[s * M + m]) * slot.y[c * M + m];
-                        dslot[c * M + m] = g * d_moe[s * M + m];
+                        slot.dy[c * M + m] = g * d_moe[s * M + m];
                     }
                     d_weight[slot.choices[c]] = static_cast<float>(dot);
                 }
-                std::vector<float> dxe(n * M);
-                slot.layer.backward(slot.x.data(), slot.y.data(), dslot.data(), dxe.data(), n, w + offset_of_expert(i, e),
-                                    dw + offset_of_expert(i, e));
+                slot.layer.backward(slot.x.data(), slot.y.data(), slot.dy.data(), slot.dx.data(), n,
+                                    w + offset_of_expert(i, e), dw + offset_of_expert(i, e));
                 for (std::size_t c = 0; c < n; ++c)
-                    for (std::size_t m = 0; m < M; ++m) dx[slot.tokens[c] * M + m] += dxe[c * M + m];
+                    for (std::size_t m = 0; m < M; ++m) dx[slot.tokens[c] * M + m] += slot.dx[c * M + m];
             }
             // Gate: d logits from the weights (l_aux is not trained on), then through x·Wgᵀ.
             const auto d_logits = gating_backward(r, d_weight);
@@ -408,15 +407,16 @@ struct MoE {
             const float* gate_x = jitter ? l.gate_input.data() : x;
             cpu::gemm(cpu::Op::transpose, cpu::Op::none, E, M, batch, 1.0f, d_logits.data(), E, gate_x, M, 1.0f,
                       dw + offset_of_gate(i), M);
-            std::vector<float> dgx(batch * M);
+            float* const dgx = gate_dx_.data();
             cpu::gemm(cpu::Op::none, cpu::Op::none, batch, M, E, 1.0f, d_logits.data(), E, w + offset_of_gate(i), M, 0.0f,
-                      dgx.data(), M);
+                      dgx, M);
             for (std::size_t j = 0; j < batch * M; ++j) dx[j] += jitter ? dgx[j] * l.jitter[j] : dgx[j];
         }
 
         std::array<LayerState, layers> state_{};
         expert_t mlp_{};
-        std::vector<float> work_, work2_;
+        std::vector<float> work_, work2_;  ///< the running gradient between MoE layers
+        std::vector<float> scaled_, d_mlp_, mlp_dx_, gate_dx_, dz_, d_weight_;  ///< backward work
         std::size_t max_batch_ = 0;
         bool training_ = true;
         MoESettings settings_{};

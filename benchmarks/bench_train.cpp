@@ -32,15 +32,16 @@ void set_threads(int n) {
     omp_set_num_threads(n);
 #endif
 }
-template <class Precision>
-using EngineWith = ds::Engine<Net, ds::AdamW<>, ds::Zero<0>, Precision>;
+template <class Precision, class Model = Net>
+using EngineWith = ds::Engine<Model, ds::AdamW<>, ds::Zero<0>, Precision>;
 using Engine = EngineWith<ds::FP32>;
 
 /// One training step per iteration in precision P (fp16: a static scale of 1024, so no
-/// step is skipped and every iteration does the same work).
-template <class Precision>
+/// step is skipped and every iteration does the same work), of the dense Net or an MoE Net
+/// (top-1 gating with RSample, as the Python run scripts).
+template <class Precision, class Model = Net>
 void train_step_in(benchmark::State& state) {
-    using E = EngineWith<Precision>;
+    using E = EngineWith<Precision, Model>;
     const auto batch = static_cast<std::int64_t>(state.range(0));
     set_threads(static_cast<int>(state.range(1)));
     ds::Config cfg = cifar10::ds_config;
@@ -51,6 +52,7 @@ void train_step_in(benchmark::State& state) {
     cfg.fp16.enabled = Precision::scales_loss;
     if constexpr (Precision::scales_loss) cfg.fp16.loss_scale = 1024;
     E engine(cfg);
+    engine.module().configure_moe(ds::nn::MoESettings{.k = 1, .noisy_gate_policy = ds::nn::NoisyGate::rsample});
     const auto data = ds::data::make_synthetic(static_cast<std::size_t>(batch), 3, 32, 32, 10, 1);
     std::vector<float> inputs(static_cast<std::size_t>(batch) * E::input_size);
     std::vector<std::int32_t> labels(static_cast<std::size_t>(batch));
@@ -71,6 +73,12 @@ void train_step_in(benchmark::State& state) {
 void train_step(benchmark::State& state) { train_step_in<ds::FP32>(state); }
 void train_step_bf16(benchmark::State& state) { train_step_in<ds::BF16>(state); }
 void train_step_fp16(benchmark::State& state) { train_step_in<ds::FP16<ds::StaticLossScaler>>(state); }
+void train_step_moe(benchmark::State& state) {
+    train_step_in<ds::FP32, cifar10::MoENet<3, 32, ds::nn::MoEMlp::standard, 2>>(state);
+}
+void train_step_prmoe(benchmark::State& state) {
+    train_step_in<ds::FP32, cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>>(state);
+}
 
 void inference(benchmark::State& state) {
     const auto batch = static_cast<std::int64_t>(state.range(0));
@@ -91,6 +99,9 @@ BENCHMARK(train_step)->ArgsProduct({{16, 64, 256}, {1, 2}})->ArgNames({"batch", 
 // Mixed precision next to fp32 (issue: BF16 at most 1.3x slower than FP32 on this CPU).
 BENCHMARK(train_step_bf16)->ArgsProduct({{16, 256}, {1, 2}})->ArgNames({"batch", "threads"})->UseRealTime();
 BENCHMARK(train_step_fp16)->ArgsProduct({{16, 256}, {1, 2}})->ArgNames({"batch", "threads"})->UseRealTime();
+// Mixture of Experts next to the dense Net: --num-experts 2 (top-1), and PR-MoE 2 4.
+BENCHMARK(train_step_moe)->ArgsProduct({{16, 256}, {1}})->ArgNames({"batch", "threads"})->UseRealTime();
+BENCHMARK(train_step_prmoe)->ArgsProduct({{16, 256}, {1}})->ArgNames({"batch", "threads"})->UseRealTime();
 BENCHMARK(inference)->ArgsProduct({{256}, {1, 2}})->ArgNames({"batch", "threads"})->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -56,11 +56,4 @@ TEST_CASE("a communication thread runs the async collectives in order, beside bl
     CHECK(pairs.progress() == ds::comm::Progress::thread);
 }
 
-int main(int argc, char** argv) {
-    ds::comm::MpiSession session(&argc, &argv);
-    doctest::Context context(argc, argv);
-    int failed = context.run();
-    int worst = failed;
-    MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    return worst;
-}
+#include "common/mpi_test_main.hpp"

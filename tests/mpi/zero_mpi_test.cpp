@@ -102,11 +102,4 @@ TEST_CASE_TEMPLATE("ZeRO over MPI with overlapped and prefetched collectives", P
     check<3, P>(gathers, tolerance, ds::comm::Progress::thread);
 }
 
-int main(int argc, char** argv) {
-    ds::comm::MpiSession session(&argc, &argv);
-    doctest::Context context(argc, argv);
-    int failed = context.run();
-    int worst = failed;
-    MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    return worst;
-}
+#include "common/mpi_test_main.hpp"

@@ -57,25 +57,31 @@ public:
         }
         const auto update = Opt::update(h, lr, ++steps_);
         float* const* states = states_.pointers();
-        const bool as_given = std::is_same_v<G, float> && grad_factor == 1.0f;
+        // fp32 gradients that need no factor are read in place; others through a widened block.
+        bool as_given = false;
+        if constexpr (std::is_same_v<G, float>) as_given = grad_factor == 1.0f;
         if constexpr (per_tensor) {
             float* scratch = states_[Opt::state_buffers];
             float* widened = states_[Opt::state_buffers + 1];
             for (const Segment& t : tensors) {
                 float* segment_states[Opt::state_buffers];
                 for (std::size_t k = 0; k < Opt::state_buffers; ++k) segment_states[k] = states[k] + t.offset;
-                const float* g = reinterpret_cast<const float*>(grads) + t.offset;
+                const float* g = widened;
+                if constexpr (std::is_same_v<G, float>)
+                    if (as_given) g = grads + t.offset;
                 if (!as_given) {
                     cpu::convert(grads + t.offset, widened, t.count);
                     for (std::size_t i = 0; i < t.count; ++i) widened[i] *= grad_factor;
-                    g = widened;
                 }
                 update.step_tensor(params + t.offset, g, segment_states, scratch, t.count);
             }
-        } else if (as_given) {
-            const std::size_t n = states_.elements();
-            for (std::size_t i = 0; i < n; ++i) update(i, params, reinterpret_cast<const float*>(grads), states);
         } else {
+            if constexpr (std::is_same_v<G, float>) {
+                if (as_given) {
+                    for (std::size_t i = 0; i < states_.elements(); ++i) update(i, params, grads, states);
+                    return;
+                }
+            }
             cpu::for_each_widened<256>(grads, states_.elements(), [&](const float* block, std::size_t first,
                                                                       std::size_t count) {
                 alignas(64) float g[256];

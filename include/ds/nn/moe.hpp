@@ -144,7 +144,6 @@ struct MoE {
         }();
 
         void reserve(std::size_t max_batch) {
-            max_batch_ = max_batch;
             for (std::size_t i = 0; i < layers; ++i) {
                 auto& l = state_[i];
                 l.experts.resize(experts[i]);
@@ -203,25 +202,27 @@ struct MoE {
         const MoESettings& settings() const { return settings_; }
 
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
-            const float* in = x;
+            // Each layer keeps its input for the backward: layer 0 copies x, the others are
+            // written there by the layer before.
+            std::copy_n(x, batch * M, state_[0].input.data());
             for (std::size_t i = 0; i < layers; ++i) {
                 float* out = i + 1 == layers ? y : state_[i + 1].input.data();
-                std::copy_n(in, batch * M, state_[i].input.data());
                 forward_layer(i, state_[i].input.data(), out, batch, w);
-                in = out;
             }
         }
 
         void backward(const float* /*x*/, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
                       float* dw) {
-            // dy is reused as the running gradient; each layer writes its input gradient to work_.
-            std::vector<float>& grad = work2_;
-            std::copy_n(dy, batch * M, grad.data());
+            // The gradient runs back through the layers, ping-ponging between two buffers.
+            const float* grad = dy;
+            float* next = work_.data();
+            float* spare = work2_.data();
             for (std::size_t i = layers; i-- > 0;) {
-                backward_layer(i, grad.data(), work_.data(), batch, w, dw);
-                std::copy_n(work_.data(), batch * M, grad.data());
+                backward_layer(i, grad, next, batch, w, dw);
+                grad = next;
+                std::swap(next, spare);
             }
-            if (dx) std::copy_n(grad.data(), batch * M, dx);
+            if (dx) std::copy_n(grad, batch * M, dx);
         }
 
         /// The auxiliary loss of each MoE layer in the last forward.
@@ -417,7 +418,6 @@ struct MoE {
         expert_t mlp_{};
         std::vector<float> work_, work2_;  ///< the running gradient between MoE layers
         std::vector<float> scaled_, d_mlp_, mlp_dx_, gate_dx_, dz_, d_weight_;  ///< backward work
-        std::size_t max_batch_ = 0;
         bool training_ = true;
         MoESettings settings_{};
         Rng rng_{settings_.seed};

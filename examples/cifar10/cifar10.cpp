@@ -143,6 +143,20 @@ void print_loss(int epoch, std::size_t step, double mean) {
     std::fflush(stdout);
 }
 
+/// The MoE layers' forward timings, summed over the layers (zeros for the dense Net).
+template <class Module>
+ds::nn::MoETimings moe_timings(Module& module) {
+    ds::nn::MoETimings total;
+    module.for_each_layer([&](auto& layer) {
+        if constexpr (requires { layer.timings(); }) {
+            total.gate += layer.timings().gate;
+            total.first_all_to_all += layer.timings().first_all_to_all;
+            total.second_all_to_all += layer.timings().second_all_to_all;
+        }
+    });
+    return total;
+}
+
 template <class Net>
 int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
     using Engine = ds::Engine<Net, typename Policies::optimizer_policy, typename Policies::zero_policy,
@@ -150,16 +164,17 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     constexpr std::size_t classes = Net::output_shape::size;
     auto [engine, optimizer, trainloader, scheduler] =
         ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle}, std::move(comm));
-    if constexpr (requires { engine->module().configure_moe(ds::nn::MoESettings{}); }) {
+    if constexpr (Net::contains_moe) {
         // DeepSpeed's MoE defaults (capacity factor 1, eval 1, tokens dropped, random token
         // selection) with the example's flags.
         const ds::nn::NoisyGate noise = args.noisy_gate_policy == "Jitter"    ? ds::nn::NoisyGate::jitter
                                         : args.noisy_gate_policy == "RSample" ? ds::nn::NoisyGate::rsample
                                                                               : ds::nn::NoisyGate::none;
-        engine->module().configure_moe(ds::nn::MoESettings{.k = args.top_k,
-                                                           .min_capacity = args.min_capacity,
-                                                           .noisy_gate_policy = noise,
-                                                           .seed = static_cast<std::uint64_t>(cfg.seed)});
+        engine->configure_moe(ds::nn::MoESettings{.k = args.top_k,
+                                                  .min_capacity = args.min_capacity,
+                                                  .noisy_gate_policy = noise,
+                                                  .seed = static_cast<std::uint64_t>(cfg.seed),
+                                                  .ep_size = args.ep_world_size});
     }
     if (!args.init_weights.empty()) {
         std::vector<float> weights(Net::param_count);
@@ -174,6 +189,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
                   << ", gradient accumulation " << engine->gradient_accumulation_steps() << "; "
                   << data.train.size() << " training images\n";
     const ds::comm::CommCounters counters_before = engine->communicator().counters();
+    const ds::comm::CommCounters experts_before = engine->expert_parallel_counters();
 
     const ds::nn::CrossEntropyLoss criterion{classes};
     double running_loss = 0.0, final_loss = 0.0, unreported_loss = 0.0;
@@ -208,6 +224,11 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const ds::comm::CommCounters counters_after = engine->communicator().counters();
+    const ds::comm::CommCounters experts_after = engine->expert_parallel_counters();
+    const ds::nn::MoETimings moe_time = moe_timings(engine->module());
+    if (leader && Net::contains_moe && cfg.wall_clock_breakdown)
+        std::printf("moe time (s, training, rank 0): gate %.3f | first all-to-all %.3f | second all-to-all %.3f\n",
+                    moe_time.gate, moe_time.first_all_to_all, moe_time.second_all_to_all);
     if (unreported > 0 && final_loss == 0.0) final_loss = unreported_loss / static_cast<double>(unreported);
     const double images_per_sec = static_cast<double>(images) * static_cast<double>(engine->world_size()) / seconds;
     if (leader) {
@@ -257,8 +278,10 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
         const double steps = std::max<double>(1.0, static_cast<double>(engine->global_steps()));
         for (std::size_t op = 0; op < ds::comm::op_names.size(); ++op)
             comm_per_step[std::string(ds::comm::op_names[op])] =
-                static_cast<double>(counters_after.elements[op] - counters_before.elements[op]) / steps;
-        const nlohmann::ordered_json metrics{
+                static_cast<double>(counters_after.elements[op] - counters_before.elements[op] +
+                                    experts_after.elements[op] - experts_before.elements[op]) /
+                steps;
+        nlohmann::ordered_json metrics{
             {"final_loss", final_loss},
             {"test_accuracy", accuracy},
             {"class_accuracy", class_accuracy},
@@ -282,6 +305,10 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
               {"buffers", memory.buffers}}},
             {"comm_elements_per_step", comm_per_step},
         };
+        if constexpr (Net::contains_moe)
+            metrics["moe_seconds"] = {{"gate", moe_time.gate},
+                                      {"first_all_to_all", moe_time.first_all_to_all},
+                                      {"second_all_to_all", moe_time.second_all_to_all}};
         std::ofstream(args.metrics_json) << metrics.dump(2) << "\n";
     }
     return 0;
@@ -295,10 +322,6 @@ int train(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, 
         return train_and_test<cifar10::Net<C, Side>>(args, cfg, data, std::move(comm));
     } else {
         using ds::nn::MoEMlp;
-        if (args.ep_world_size != 1)
-            throw std::invalid_argument("--ep-world-size " + std::to_string(args.ep_world_size) +
-                                        ": expert parallelism is not built yet; every rank holds all experts "
-                                        "(--ep-world-size 1)");
         const bool residual = args.mlp_type == "residual";
         if (args.num_experts == std::vector<int>{2} && !residual)
             return train_and_test<cifar10::MoENet<C, Side, MoEMlp::standard, 2>>(args, cfg, data, std::move(comm));

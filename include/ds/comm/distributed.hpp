@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <ds/comm/communicator.hpp>
 
@@ -66,17 +67,24 @@ struct ExpertGroups {
     C expert_data_parallel;  ///< strided: {j, j + ep, j + 2·ep, ...}
 };
 
+/// The expert-parallel group of this rank: `world` split into blocks of `ep_size`
+/// consecutive ranks. Collective over `world`.
+/// @throws std::invalid_argument unless the world size is a multiple of ep_size
+template <communicator C>
+C expert_parallel_group(C& world, int ep_size) {
+    if (ep_size < 1 || world.size() % ep_size != 0)
+        throw std::invalid_argument("expert parallel size " + std::to_string(ep_size) +
+                                    " does not divide the world size " + std::to_string(world.size()));
+    return world.split(world.rank() / ep_size, world.rank());
+}
+
 /// Splits `world` into expert-parallel groups of `ep_size` consecutive ranks and the
 /// strided expert-data-parallel groups across them. Collective over `world`.
 /// @throws std::invalid_argument unless the world size is a multiple of ep_size
 template <communicator C>
 ExpertGroups<C> expert_groups(C& world, int ep_size) {
-    if (ep_size < 1 || world.size() % ep_size != 0)
-        throw std::invalid_argument("expert parallel size " + std::to_string(ep_size) +
-                                    " does not divide the world size " + std::to_string(world.size()));
-    const int r = world.rank();
-    C blocked = world.split(r / ep_size, r);
-    C strided = world.split(r % ep_size, r);
+    C blocked = expert_parallel_group(world, ep_size);
+    C strided = world.split(world.rank() % ep_size, world.rank());
     return {std::move(blocked), std::move(strided)};
 }
 

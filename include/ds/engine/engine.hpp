@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -15,6 +16,7 @@
 
 #include <ds/comm/communicator.hpp>
 #include <ds/comm/distributed.hpp>
+#include <ds/comm/expert_parallel.hpp>
 #include <ds/comm/single.hpp>
 #include <ds/config/check.hpp>
 #include <ds/config/config.hpp>
@@ -242,6 +244,28 @@ public:
         if constexpr (Z::partitions_gradients) return zero_.shard_grads();
         else return zero_.accumulated_gradients();
     }
+    /// Configures every MoE layer of the model with `settings` (`nn::MoESettings`). With
+    /// `ep_size > 1` it first splits the world into DeepSpeed's blocked expert-parallel
+    /// groups, over which the layers exchange tokens: collective, so every rank calls it
+    /// with the same settings.
+    /// @throws std::invalid_argument when ep_size does not divide the world size or a
+    /// layer's expert count, or the settings are out of range
+    template <class Settings>
+        requires Model::contains_moe
+    void configure_moe(const Settings& settings) {
+        comm::ExpertExchange* group = nullptr;
+        if (settings.ep_size > 1) {
+            if (!expert_group_ || expert_group_->size() != settings.ep_size)
+                expert_group_ = std::make_unique<comm::ExpertParallelGroup<Comm>>(comm_, settings.ep_size);
+            group = expert_group_.get();
+        }
+        model_.configure_moe(settings, group);
+    }
+    /// What the MoE layers' all-to-alls have moved (none without expert parallelism).
+    comm::CommCounters expert_parallel_counters() const {
+        return expert_group_ ? expert_group_->counters() : comm::CommCounters{};
+    }
+
     optimizer_type& optimizer() { return optimizer_; }
     sched::LRScheduler& lr_scheduler() { return scheduler_; }
     network_type& module() { return model_; }
@@ -370,6 +394,7 @@ private:
     }
 
     Comm comm_;
+    std::unique_ptr<comm::ExpertExchange> expert_group_;  ///< MoE with ep_size > 1
     Config cfg_;
     BatchSizes batch_;
     network_type model_;

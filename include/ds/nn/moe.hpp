@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include <ds/comm/expert_parallel.hpp>
 #include <ds/device/cpu/gemm.hpp>
 #include <ds/nn/gating.hpp>
 #include <ds/nn/shape.hpp>
@@ -40,6 +42,15 @@ struct MoESettings {
     bool use_rts = true;
     bool second_expert_sampling = true;  ///< top-2's Gumbel noise on the second choice
     std::uint64_t seed = 0x6d6f65;       ///< the gates' noise and token selection
+    int ep_size = 1;  ///< ranks each layer's experts are split over (num_experts / ep_size per rank)
+};
+
+/// Where an MoE forward's time goes, accumulated in seconds: DeepSpeed's `gate`,
+/// `falltoall` and `salltoall` timers (`wall_clock_breakdown`).
+struct MoETimings {
+    double gate = 0.0;               ///< gate GEMM and routing
+    double first_all_to_all = 0.0;   ///< tokens to their experts
+    double second_all_to_all = 0.0;  ///< expert outputs back
 };
 
 namespace detail {
@@ -72,7 +83,14 @@ struct ParamName {
 /// Per layer: the gate (`Linear(M, E, bias=False)`, fp32), top-k routing with capacity
 /// (`ds::nn::top1_gating` / `top2_gating`), each expert on its kept tokens, the weighted
 /// combine; with `use_residual`, `out·c₀ + mlp(x)·c₁`, c = softmax(coefficient(x)).
-/// All experts are local (expert parallelism comes with the engine's expert groups).
+///
+/// Expert parallelism (`MoESettings::ep_size` = ep > 1): EP rank ρ of each blocked group
+/// runs experts ρ·E/ep .. (ρ+1)·E/ep − 1 on the tokens of every rank in its group; the
+/// tokens go there and back by two all-to-alls in DeepSpeed's [E, C, M] layout, and the
+/// backward sends the gradients the same two ways. The parameter buffer keeps its
+/// compile-time layout with every expert, so a rank's gradient is zero on the experts it
+/// does not run, and the engine's data-parallel average of it is DeepSpeed's expert rule:
+/// the sum over the expert's data-parallel group, divided by the full world size.
 /// `l_aux` is computed (see `aux_losses()`) but, as in the example, not trained on.
 template <class Expert, MoEMlp Mlp, std::size_t... Experts>
 struct MoE {
@@ -144,15 +162,11 @@ struct MoE {
         }();
 
         void reserve(std::size_t max_batch) {
+            max_batch_ = max_batch;
             for (std::size_t i = 0; i < layers; ++i) {
                 auto& l = state_[i];
-                l.experts.resize(experts[i]);
-                for (auto& e : l.experts) {
-                    e.layer.reserve(max_batch);
-                    for (auto* b : {&e.x, &e.y, &e.dy, &e.dx}) b->resize(max_batch * M);
-                    e.tokens.reserve(max_batch);
-                    e.choices.reserve(max_batch);
-                }
+                l.queues.resize(experts[i]);
+                for (auto& q : l.queues) q.tokens.reserve(max_batch), q.choices.reserve(max_batch);
                 l.input.resize(max_batch * M);
                 l.gate_input.resize(max_batch * M);
                 l.jitter.resize(max_batch * M);
@@ -165,6 +179,7 @@ struct MoE {
             for (auto* b : {&work_, &work2_, &scaled_, &d_mlp_, &mlp_dx_, &gate_dx_}) b->resize(max_batch * M);
             dz_.resize(max_batch * 2);
             d_weight_.resize(max_batch * 2);
+            size_exchange();
         }
 
         /// PyTorch's defaults: one draw of the expert for every expert and the shared MLP;
@@ -187,17 +202,30 @@ struct MoE {
 
         void set_training(bool training) { training_ = training; }
 
-        /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert, or a
-        /// negative capacity
-        void configure(const MoESettings& settings) {
+        /// Applies `settings`; with `ep_size > 1`, `group` is this rank's expert-parallel
+        /// group (`ds::Engine::configure_moe` builds it), over which the tokens travel.
+        /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert, a
+        /// negative capacity, or an ep_size that does not divide every layer's experts or
+        /// is not the group's size
+        void configure(const MoESettings& settings, comm::ExpertExchange* group = nullptr) {
             if (settings.k != 1 && settings.k != 2)
                 throw std::invalid_argument("MoE: k = " + std::to_string(settings.k) + "; DeepSpeed's MoE takes 1 or 2");
             if (settings.k == 2 && *std::min_element(experts.begin(), experts.end()) < 2)
                 throw std::invalid_argument("MoE: top-2 gating needs at least 2 experts in every MoE layer");
             if (settings.min_capacity < 0 || settings.capacity_factor <= 0 || settings.eval_capacity_factor <= 0)
                 throw std::invalid_argument("MoE: capacity factors must be positive and min_capacity not negative");
+            const auto ep = static_cast<std::size_t>(std::max(settings.ep_size, 1));
+            for (std::size_t e : experts)
+                if (e % ep != 0)
+                    throw std::invalid_argument("MoE: " + std::to_string(e) + " experts cannot be split over ep_size " +
+                                                std::to_string(ep) + " (num_experts % ep_size must be 0)");
+            if (ep > 1 && (!group || static_cast<std::size_t>(group->size()) != ep))
+                throw std::invalid_argument("MoE: ep_size " + std::to_string(ep) +
+                                            " needs an expert-parallel group of that size (ds::Engine::configure_moe)");
             settings_ = settings;
+            group_ = ep > 1 ? group : nullptr;
             rng_ = Rng(settings.seed);
+            size_exchange();
         }
         const MoESettings& settings() const { return settings_; }
 
@@ -233,6 +261,11 @@ struct MoE {
         }
         /// The routing of MoE layer i in the last forward.
         const Routing& routing(std::size_t i) const { return state_[i].routing; }
+        /// Seconds spent in the forwards so far, as DeepSpeed's MoE timers split them.
+        const MoETimings& timings() const { return timings_; }
+        void reset_timings() { timings_ = {}; }
+        /// Experts of each layer on this rank: `num_experts / ep_size`.
+        std::size_t local_experts(std::size_t i) const { return experts[i] / ep(); }
 
     private:
         // Offsets as `Sequential` lays out `params` (PyTorch order): gate, experts, [mlp], [coefficient].
@@ -253,18 +286,93 @@ struct MoE {
             return offset_of_expert(i, experts[i]) + (residual && i == 0 ? expert_params : 0);
         }
 
-        struct Slot {
+        /// This rank's kept tokens for one expert, in slot order (the kept slots of every
+        /// expert are a prefix 0, 1, ..., n−1: top-1 and top-2 number them by cumsum).
+        struct Queue {
+            std::vector<std::size_t> tokens;   ///< token of each slot
+            std::vector<std::size_t> choices;  ///< index into the routing's choices of each slot
+        };
+        /// One of this rank's experts and the rows it ran on: the tokens every rank of the
+        /// expert-parallel group sent it, packed.
+        struct LocalExpert {
             expert_t layer{};
-            std::vector<float> x, y;             ///< the expert's kept tokens, in slot order, and its outputs
-            std::vector<float> dy, dx;           ///< their gradients (backward)
-            std::vector<std::size_t> tokens;     ///< token of each slot
-            std::vector<std::size_t> choices;    ///< index into the routing's choices of each slot
+            std::vector<float> x, y, dy, dx;
+            std::size_t rows = 0;
         };
         struct LayerState {
-            std::vector<Slot> experts;
+            std::vector<Queue> queues;         ///< per expert (all E)
+            std::vector<LocalExpert> local;    ///< E / ep_size
+            std::vector<std::int32_t> sent;    ///< rows this rank sent each expert
+            std::vector<std::int32_t> received;  ///< [ep][local expert]: rows each rank sent each local expert
+            std::vector<float> returned;       ///< [E][block][M]: the experts' outputs for this rank's tokens
+            std::size_t block = 0;             ///< rows per (rank, expert) block of the all-to-all: the largest capacity
             std::vector<float> input, gate_input, jitter, logits, moe_out, mlp_out, coef;
             Routing routing;
         };
+
+        std::size_t ep() const { return group_ ? static_cast<std::size_t>(group_->size()) : 1; }
+        std::size_t ep_rank() const { return group_ ? static_cast<std::size_t>(group_->rank()) : 0; }
+
+        /// Sizes what depends on the settings: the all-to-all blocks hold the largest
+        /// capacity any batch up to the micro batch can have (training or eval), so every
+        /// rank sends the same block size whatever its batch.
+        void size_exchange() {
+            std::size_t widest = 0;
+            for (std::size_t i = 0; i < layers; ++i) {
+                LayerState& l = state_[i];
+                const double cf = std::max(settings_.capacity_factor, settings_.eval_capacity_factor);
+                l.block = settings_.drop_tokens
+                              ? std::min(max_batch_, expert_capacity(max_batch_, experts[i], cf,
+                                                                     static_cast<std::size_t>(settings_.k),
+                                                                     static_cast<std::size_t>(settings_.min_capacity)))
+                              : max_batch_;
+                l.local.resize(local_experts(i));
+                for (auto& e : l.local) {
+                    e.layer.reserve(ep() * l.block);
+                    for (auto* b : {&e.x, &e.y, &e.dy, &e.dx}) b->resize(ep() * l.block * M);
+                }
+                l.sent.resize(experts[i]);
+                l.received.resize(experts[i]);
+                l.returned.resize(experts[i] * l.block * M);
+                widest = std::max(widest, experts[i] * l.block * M);
+            }
+            outbox_.resize(widest);
+            inbox_.resize(widest);
+        }
+
+        /// The all-to-all over the expert-parallel group: block ρ of `from` (expert
+        /// ρ·L .. ρ·L + L − 1, L local experts) goes to EP rank ρ. A copy without one.
+        template <class V>
+        void exchange(const V* from, V* to, std::size_t n) {
+            if (group_) group_->all_to_all(from, to, n / ep());
+            else std::copy_n(from, n, to);
+        }
+
+        /// Calls f(rows, at) for each run of rows local expert λ received: `at` is where the
+        /// run starts in the inbox, and runs come in EP-rank order.
+        template <class F>
+        void for_each_run(const LayerState& l, std::size_t lambda, F&& f) const {
+            const std::size_t L = l.local.size();
+            for (std::size_t rho = 0; rho < ep(); ++rho) {
+                const auto rows = static_cast<std::size_t>(l.received[rho * L + lambda]);
+                if (rows) f(rows, (rho * L + lambda) * l.block * M);
+            }
+        }
+        /// Packs what local expert λ received from `inbox` into `rows`, or back.
+        void gather(const LayerState& l, std::size_t lambda, const float* inbox, float* rows) const {
+            std::size_t at = 0;
+            for_each_run(l, lambda, [&](std::size_t n, std::size_t from) {
+                std::copy_n(inbox + from, n * M, rows + at);
+                at += n * M;
+            });
+        }
+        void scatter(const LayerState& l, std::size_t lambda, const float* rows, float* inbox) const {
+            std::size_t at = 0;
+            for_each_run(l, lambda, [&](std::size_t n, std::size_t to) {
+                std::copy_n(rows + at, n * M, inbox + to);
+                at += n * M;
+            });
+        }
 
         bool jittered() const { return training_ && settings_.noisy_gate_policy == NoisyGate::jitter; }
 
@@ -283,8 +391,10 @@ struct MoE {
         }
 
         void forward_layer(std::size_t i, const float* x, float* y, std::size_t batch, const float* w) {
+            using clock = std::chrono::steady_clock;
             LayerState& l = state_[i];
-            const std::size_t E = experts[i];
+            const std::size_t E = experts[i], B = l.block, L = l.local.size();
+            const auto gate_start = clock::now();
             // Gate, in fp32 (Jitter: the gate sees x · U(0.99, 1.01) in training).
             const float* gate_x = x;
             if (jittered()) {
@@ -298,28 +408,56 @@ struct MoE {
                       l.logits.data(), E);
             l.routing = route(i, batch);
             const Routing& r = l.routing;
-            // Dispatch: each expert runs on its kept tokens, in slot order.
-            for (auto& e : l.experts) e.tokens.clear(), e.choices.clear();
+            for (auto& q : l.queues) q.tokens.clear(), q.choices.clear();
             for (std::size_t s = 0; s < batch; ++s)
                 for (std::size_t j = 0; j < r.k; ++j)
                     if (r.kept(s, j)) {
-                        auto& e = l.experts[static_cast<std::size_t>(r.expert[s * r.k + j])];
+                        Queue& q = l.queues[static_cast<std::size_t>(r.expert[s * r.k + j])];
                         const auto slot = static_cast<std::size_t>(r.slot[s * r.k + j]);
-                        if (e.tokens.size() <= slot) e.tokens.resize(slot + 1), e.choices.resize(slot + 1);
-                        e.tokens[slot] = s;
-                        e.choices[slot] = s * r.k + j;
+                        if (q.tokens.size() <= slot) q.tokens.resize(slot + 1), q.choices.resize(slot + 1);
+                        q.tokens[slot] = s;
+                        q.choices[slot] = s * r.k + j;
                     }
+            const auto dispatch_start = clock::now();
+            timings_.gate += std::chrono::duration<double>(dispatch_start - gate_start).count();
+
+            // Dispatch (DeepSpeed's [E, C, M] layout): expert e's tokens fill block e; the
+            // all-to-all takes each rank's blocks to the ranks that hold those experts.
+            for (std::size_t e = 0; e < E; ++e) {
+                const Queue& q = l.queues[e];
+                l.sent[e] = static_cast<std::int32_t>(q.tokens.size());
+                for (std::size_t c = 0; c < q.tokens.size(); ++c)
+                    std::copy_n(x + q.tokens[c] * M, M, outbox_.data() + (e * B + c) * M);
+            }
+            exchange(l.sent.data(), l.received.data(), E);
+            exchange(outbox_.data(), inbox_.data(), E * B * M);
+            const auto experts_start = clock::now();
+            timings_.first_all_to_all += std::chrono::duration<double>(experts_start - dispatch_start).count();
+
+            // Each local expert on the rows of every rank at once, outputs written back in place.
+            for (std::size_t lambda = 0; lambda < L; ++lambda) {
+                LocalExpert& ex = l.local[lambda];
+                ex.rows = 0;
+                for (std::size_t rho = 0; rho < ep(); ++rho) ex.rows += static_cast<std::size_t>(l.received[rho * L + lambda]);
+                if (ex.rows == 0) continue;
+                gather(l, lambda, inbox_.data(), ex.x.data());
+                ex.layer.forward(ex.x.data(), ex.y.data(), ex.rows, w + offset_of_expert(i, ep_rank() * L + lambda));
+                scatter(l, lambda, ex.y.data(), inbox_.data());
+            }
+            const auto combine_start = clock::now();
+            exchange(inbox_.data(), l.returned.data(), E * B * M);
+            timings_.second_all_to_all +=
+                std::chrono::duration<double>(clock::now() - combine_start).count();
+
+            // Combine: out[s] = Σ over s's kept choices of weight · the expert's output.
             std::fill_n(l.moe_out.begin(), batch * M, 0.0f);
             for (std::size_t e = 0; e < E; ++e) {
-                Slot& slot = l.experts[e];
-                const std::size_t n = slot.tokens.size();
-                if (n == 0) continue;
-                for (std::size_t c = 0; c < n; ++c) std::copy_n(x + slot.tokens[c] * M, M, slot.x.data() + c * M);
-                slot.layer.forward(slot.x.data(), slot.y.data(), n, w + offset_of_expert(i, e));
-                for (std::size_t c = 0; c < n; ++c) {
-                    const float g = r.weight[slot.choices[c]];
-                    float* out = l.moe_out.data() + slot.tokens[c] * M;
-                    for (std::size_t m = 0; m < M; ++m) out[m] += g * slot.y[c * M + m];
+                const Queue& q = l.queues[e];
+                for (std::size_t c = 0; c < q.tokens.size(); ++c) {
+                    const float g = r.weight[q.choices[c]];
+                    const float* from = l.returned.data() + (e * B + c) * M;
+                    float* out = l.moe_out.data() + q.tokens[c] * M;
+                    for (std::size_t m = 0; m < M; ++m) out[m] += g * from[m];
                 }
             }
             if constexpr (residual) {
@@ -379,28 +517,44 @@ struct MoE {
                 for (std::size_t j = 0; j < batch * M; ++j) dx[j] += mlp_dx_[j];
                 d_moe = scaled;
             }
-            // Combine: out[s] = Σ_j w_sj · y_e(slot); d w_sj = dy[s]·y, d y = w_sj · dy[s].
+            // Combine: out[s] = Σ_j w_sj · y_e(slot); d w_sj = dy[s]·y, d y = w_sj · dy[s], sent
+            // to the experts the way the tokens went.
+            const std::size_t B = l.block, L = l.local.size();
             const std::span<float> d_weight(d_weight_.data(), batch * r.k);
             std::fill(d_weight.begin(), d_weight.end(), 0.0f);
             for (std::size_t e = 0; e < E; ++e) {
-                Slot& slot = l.experts[e];
-                const std::size_t n = slot.tokens.size();
-                if (n == 0) continue;
-
-                for (std::size_t c = 0; c < n; ++c) {
-                    const std::size_t s = slot.tokens[c];
-                    const float g = r.weight[slot.choices[c]];
+                const Queue& q = l.queues[e];
+                for (std::size_t c = 0; c < q.tokens.size(); ++c) {
+                    const std::size_t s = q.tokens[c];
+                    const float g = r.weight[q.choices[c]];
+                    const float* y = l.returned.data() + (e * B + c) * M;
+                    float* d_y = outbox_.data() + (e * B + c) * M;
                     double dot = 0;
                     for (std::size_t m = 0; m < M; ++m) {
-                        dot += double(d_moe[s * M + m]) * slot.y[c * M + m];
-                        slot.dy[c * M + m] = g * d_moe[s * M + m];
+                        dot += double(d_moe[s * M + m]) * y[m];
+                        d_y[m] = g * d_moe[s * M + m];
                     }
-                    d_weight[slot.choices[c]] = static_cast<float>(dot);
+                    d_weight[q.choices[c]] = static_cast<float>(dot);
                 }
-                slot.layer.backward(slot.x.data(), slot.y.data(), slot.dy.data(), slot.dx.data(), n,
-                                    w + offset_of_expert(i, e), dw + offset_of_expert(i, e));
-                for (std::size_t c = 0; c < n; ++c)
-                    for (std::size_t m = 0; m < M; ++m) dx[slot.tokens[c] * M + m] += slot.dx[c * M + m];
+            }
+            exchange(outbox_.data(), inbox_.data(), E * B * M);
+            for (std::size_t lambda = 0; lambda < L; ++lambda) {
+                LocalExpert& ex = l.local[lambda];
+                if (ex.rows == 0) continue;
+                const std::size_t e = ep_rank() * L + lambda;
+                gather(l, lambda, inbox_.data(), ex.dy.data());
+                ex.layer.backward(ex.x.data(), ex.y.data(), ex.dy.data(), ex.dx.data(), ex.rows,
+                                  w + offset_of_expert(i, e), dw + offset_of_expert(i, e));
+                scatter(l, lambda, ex.dx.data(), inbox_.data());
+            }
+            exchange(inbox_.data(), outbox_.data(), E * B * M);
+            for (std::size_t e = 0; e < E; ++e) {
+                const Queue& q = l.queues[e];
+                for (std::size_t c = 0; c < q.tokens.size(); ++c) {
+                    const float* from = outbox_.data() + (e * B + c) * M;
+                    float* into = dx + q.tokens[c] * M;
+                    for (std::size_t m = 0; m < M; ++m) into[m] += from[m];
+                }
             }
             // Gate: d logits from the weights (l_aux is not trained on), then through x·Wgᵀ.
             const auto d_logits = gating_backward(r, d_weight);
@@ -415,6 +569,10 @@ struct MoE {
         }
 
         std::array<LayerState, layers> state_{};
+        std::size_t max_batch_ = 0;
+        comm::ExpertExchange* group_ = nullptr;  ///< the expert-parallel group; none when ep_size is 1
+        std::vector<float> outbox_, inbox_;      ///< this rank's [E][block][M] and the experts' [ep][L][block][M]
+        MoETimings timings_{};
         expert_t mlp_{};
         std::vector<float> work_, work2_;  ///< the running gradient between MoE layers
         std::vector<float> scaled_, d_mlp_, mlp_dx_, gate_dx_, dz_, d_weight_;  ///< backward work

@@ -196,11 +196,18 @@ public:
         });
     }
 
-    /// Applies `settings` to every layer that takes them (`ds::nn::MoE::configure`).
+    /// Applies `settings` (and e.g. the expert-parallel group) to every layer that takes
+    /// them (`ds::nn::MoE::configure`).
     template <class Settings>
     void configure_moe(const Settings& settings) {
         for_each_layer([&](auto& layer) {
             if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
+        });
+    }
+    template <class Settings, class Group>
+    void configure_moe(const Settings& settings, Group* group) {
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.configure(settings, group); }) layer.configure(settings, group);
         });
     }
 

@@ -1,12 +1,14 @@
 // Expert parallelism on the threaded communicator: with ep_size > 1 an MoE layer computes
 // what it computes with every expert local (outputs, input gradients, and the expert
 // gradients summed over the ranks), and engines at ZeRO stages 0-2 train alike with
-// ep_size 1 and ep_size 2 or 4 — the divisor rule of SPEC §10.
+// ep_size 1 and 2: averaged gradients, global norms and parameters — the divisor rule of
+// SPEC §10 (expert gradients summed over the expert-data-parallel group ÷ the world size).
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -19,6 +21,8 @@
 #include <ds/nn/moe.hpp>
 #include <ds/nn/relu.hpp>
 #include <ds/nn/sequential.hpp>
+
+#include "cifar10/net.hpp"
 
 namespace {
 
@@ -119,9 +123,96 @@ void check_layer(int ranks, int ep, MoESettings settings) {
     });
 }
 
+// --- engines: ep_size 1 against ep_size > 1 ----------------------------------------------
+
+template <MoEMlp Mlp, std::size_t... Experts>
+using EngineNet = cifar10::MoENet<1, 16, Mlp, Experts...>;
+constexpr std::size_t image = 256, micro = 8;
+
+/// What an engine run leaves to compare: the gradient summed over the ranks after the
+/// first backward (stages 0-1 hold each rank's own, stage 2 this rank's averaged shard),
+/// the global norm of every step and the parameters after the last.
+struct EngineRun {
+    std::vector<float> gradient;
+    std::vector<double> norms;
+    std::vector<float> params;
+};
+
+template <int Stage, class Net>
+EngineRun run_engine(ds::comm::Threads& comm, int ep, MoESettings settings, int steps) {
+    ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(micro) * comm.size(),
+                   .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.05, .momentum = 0.9}},
+                   .gradient_clipping = 1.0,
+                   .zero_allow_untested_optimizer = true,
+                   .seed = 7};
+    cfg.zero_optimization.stage = Stage;
+    ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
+    settings.ep_size = ep;
+    engine.configure_moe(settings);
+    const auto data = ds::data::make_synthetic(micro * static_cast<std::size_t>(comm.size() * steps), 1, 16, 16, 10, 9);
+    std::vector<float> x(micro * image);
+    std::vector<std::int32_t> labels(micro);
+    EngineRun run;
+    for (int step = 0; step < steps; ++step) {
+        const std::size_t first = (static_cast<std::size_t>(step * comm.size()) + static_cast<std::size_t>(comm.rank())) * micro;
+        for (std::size_t j = 0; j < micro; ++j) labels[j] = data.get(first + j, x.data() + j * image);
+        const auto out = engine.forward(x);
+        engine.backward(ds::nn::CrossEntropyLoss{10}(out, labels));
+        if (step == 0) {
+            const auto g = engine.gradients();
+            run.gradient.assign(g.begin(), g.end());
+            if (Stage < 2) comm.all_reduce(run.gradient.data(), run.gradient.size(), ds::comm::ReduceOp::sum);
+        }
+        engine.step();
+        run.norms.push_back(engine.get_global_grad_norm());
+    }
+    run.params = engine.full_parameters();
+    return run;
+}
+
+/// The acceptance check of expert parallelism: on `ranks` ranks, ep_size `ep` gives the
+/// gradients, norms and trained parameters that ep_size 1 gives, at ZeRO stage `Stage`.
+template <int Stage, class Net>
+void check_engines_agree(int ranks, int ep, MoESettings settings) {
+    constexpr int steps = 3;
+    std::vector<EngineRun> dense(static_cast<std::size_t>(ranks)), split(static_cast<std::size_t>(ranks));
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+        dense[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Net>(comm, 1, settings, steps);
+    });
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+        split[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Net>(comm, ep, settings, steps);
+    });
+    for (std::size_t r = 0; r < static_cast<std::size_t>(ranks); ++r) {
+        INFO("ZeRO stage " << Stage << ", rank " << r << " of " << ranks << ", ep_size " << ep);
+        const EngineRun &a = dense[r], &b = split[r];
+        REQUIRE(a.gradient.size() == b.gradient.size());
+        std::size_t experts_nonzero = 0;
+        double worst = 0;
+        for (std::size_t i = 0; i < a.gradient.size(); ++i) {
+            worst = std::max(worst, relative(b.gradient[i], a.gradient[i]));
+            experts_nonzero += a.gradient[i] != 0.0f;
+        }
+        CHECK(experts_nonzero > 0);
+        CHECK(worst < 1e-5);
+        for (std::size_t s = 0; s < a.norms.size(); ++s) CHECK(relative(b.norms[s], a.norms[s]) < 1e-5);
+        worst = 0;
+        for (std::size_t i = 0; i < a.params.size(); ++i) worst = std::max(worst, relative(b.params[i], a.params[i]));
+        CHECK(worst < 1e-5);
+    }
+}
+
 }  // namespace
 
 TEST_SUITE("moe") {
+
+TEST_CASE_TEMPLATE("expert parallelism: engines at ZeRO stages 0-2 train alike with ep_size 1 and ep_size > 1", Stage,
+                   std::integral_constant<int, 0>, std::integral_constant<int, 1>, std::integral_constant<int, 2>) {
+    const MoESettings example{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};
+    check_engines_agree<Stage::value, EngineNet<MoEMlp::standard, 2>>(2, 2, example);
+    check_engines_agree<Stage::value, EngineNet<MoEMlp::residual, 2, 4>>(4, 2, example);
+    check_engines_agree<Stage::value, EngineNet<MoEMlp::residual, 2, 4>>(2, 2, MoESettings{.k = 2, .min_capacity = 1});
+}
+
 
 TEST_CASE("expert parallelism: an MoE layer over ep ranks computes what it computes with every expert local") {
     const MoESettings top1{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};

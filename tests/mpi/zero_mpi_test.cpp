@@ -3,7 +3,8 @@
 // without the contiguous bucket, and stage 3's prefetched all-gathers of every layer
 // (persistence threshold 0), with reduce-scatter or all-reduce — through MPI's non-blocking
 // calls and through a communication thread. Each rank checks its engine
-// against stage 0 on one rank (comm::Single) over the same global batches.
+// against stage 0 on one rank (comm::Single) over the same global batches; MoE engines with
+// expert parallelism (ep_size 2: MPI all-to-alls over split communicators) against ep_size 1.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <algorithm>
 #include <cmath>
@@ -100,6 +101,54 @@ TEST_CASE_TEMPLATE("ZeRO over MPI with overlapped and prefetched collectives", P
     check<3, P>(config<P>(3), tolerance, ds::comm::Progress::thread);
     gathers.zero_optimization.reduce_scatter = true;
     check<3, P>(gathers, tolerance, ds::comm::Progress::thread);
+}
+
+namespace {
+
+/// The example's MoE Net with experts [2, 4] trained 3 steps on this MPI world with
+/// ep_size `ep`; every rank takes its own 4 images per step.
+template <int Stage, ds::nn::MoEMlp Mlp>
+std::vector<float> train_moe(int ep, ds::comm::Progress progress) {
+    using MoENet = cifar10::MoENet<1, 16, Mlp, 2, 4>;
+    ds::comm::Mpi world{progress};
+    constexpr std::size_t micro = 4;
+    ds::Config cfg = config<ds::FP32>(Stage);
+    cfg.train_batch_size = static_cast<std::int64_t>(micro) * world.size();
+    ds::Engine<MoENet, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Mpi> engine(cfg, std::move(world));
+    engine.configure_moe(ds::nn::MoESettings{.k = 1, .min_capacity = 0, .noisy_gate_policy = ds::nn::NoisyGate::rsample,
+                                             .ep_size = ep});
+    const auto data = ds::data::make_synthetic(micro * static_cast<std::size_t>(engine.world_size()) * steps, 1, 16, 16,
+                                               10, 4);
+    std::vector<float> x(micro * input);
+    std::vector<std::int32_t> labels(micro);
+    for (int s = 0; s < steps; ++s) {
+        const std::size_t first = (static_cast<std::size_t>(s) * static_cast<std::size_t>(engine.world_size()) +
+                                   static_cast<std::size_t>(engine.global_rank())) * micro;
+        for (std::size_t j = 0; j < micro; ++j) labels[j] = data.get(first + j, x.data() + j * input);
+        engine.backward(ds::nn::CrossEntropyLoss{10}(engine.forward(x), labels));
+        engine.step();
+    }
+    CHECK((engine.expert_parallel_counters()[ds::comm::Op::all_to_all] > 0) == (ep > 1));
+    return engine.full_parameters();
+}
+
+template <int Stage, ds::nn::MoEMlp Mlp>
+void check_expert_parallel(ds::comm::Progress progress) {
+    const auto dense = train_moe<Stage, Mlp>(1, progress);
+    const auto split = train_moe<Stage, Mlp>(2, progress);
+    double worst = 0;
+    for (std::size_t i = 0; i < dense.size(); ++i)
+        worst = std::max(worst, std::abs(split[i] - dense[i]) / std::max(std::abs(double{dense[i]}), 0.01));
+    INFO("stage " << Stage << (progress == ds::comm::Progress::thread ? " (communication thread)" : ""));
+    CHECK(worst < 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("MoE with expert parallelism over MPI trains as with every expert on every rank") {
+    check_expert_parallel<0, ds::nn::MoEMlp::standard>(ds::comm::Progress::library);
+    check_expert_parallel<2, ds::nn::MoEMlp::residual>(ds::comm::Progress::library);
+    check_expert_parallel<2, ds::nn::MoEMlp::standard>(ds::comm::Progress::thread);
 }
 
 #include "common/mpi_test_main.hpp"

@@ -33,10 +33,15 @@ using WideMlp = Sequential<Features<1024>, Named<"fc1", Linear<1024, 4096>>, ReL
 /// One training step of `Model` at ZeRO `Stage` in precision `P`; the async collectives
 /// progress through MPI (`Progress::library`) or a communication thread; `Overlap` is
 /// `overlap_comm` (stage 2's in-flight reductions, stage 3's prefetch).
+/// An MoE model's experts are split over `Ep` ranks (DeepSpeed's top-1, RSample).
 template <class Model, int Stage, class P = ds::FP32, ds::comm::Progress Mode = ds::comm::Progress::library,
-          bool Overlap = true>
+          bool Overlap = true, int Ep = 1>
 void zero_step(benchmark::State& state) {
     using Engine = ds::Engine<Model, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi>;
+    if (ds::comm::init_distributed().world_size % Ep != 0) {
+        state.SkipWithError("the expert parallel size must divide the number of ranks");
+        return;
+    }
     const auto global_batch = static_cast<std::int64_t>(state.range(0));
     openblas_set_num_threads(1);
     ds::cpu::set_threads(ds::cpu::cores_per_rank(ds::comm::init_distributed().local_world_size));
@@ -49,6 +54,8 @@ void zero_step(benchmark::State& state) {
     cfg.fp16.enabled = P::scales_loss;
     if constexpr (P::scales_loss) cfg.fp16.loss_scale = 1024;  // static: every step does the same work
     Engine engine(cfg, ds::comm::Mpi{Mode});
+    if constexpr (Model::contains_moe)
+        engine.configure_moe(ds::nn::MoESettings{.k = 1, .noisy_gate_policy = ds::nn::NoisyGate::rsample, .ep_size = Ep});
     const auto micro = static_cast<std::size_t>(engine.train_micro_batch_size_per_gpu());
     std::vector<float> inputs(micro * Engine::input_size);
     ds::Rng rng(static_cast<std::uint64_t>(engine.global_rank()));
@@ -64,6 +71,10 @@ void zero_step(benchmark::State& state) {
     };
     train_step();  // warm-up: first-touch of buffers
     const auto before = engine.communicator().counters();
+    const auto experts_before = engine.expert_parallel_counters();
+    if constexpr (Model::contains_moe) engine.module().for_each_layer([](auto& l) {
+        if constexpr (requires { l.reset_timings(); }) l.reset_timings();
+    });
     double elapsed = 0.0;
     for (auto _ : state) {
         const auto start = std::chrono::steady_clock::now();
@@ -78,6 +89,14 @@ void zero_step(benchmark::State& state) {
     state.counters["comm_fraction"] = (after.seconds - before.seconds) / elapsed;
     state.counters["elements/step"] = static_cast<double>(after.total() - before.total()) / steps;
     state.counters["params"] = static_cast<double>(Model::param_count);
+    if constexpr (Model::contains_moe) {
+        const auto experts_after = engine.expert_parallel_counters();
+        const auto moe = ds::nn::moe_timings(engine.module());
+        state.counters["all_to_all/step"] =
+            static_cast<double>(experts_after[ds::comm::Op::all_to_all] - experts_before[ds::comm::Op::all_to_all]) / steps;
+        state.counters["gate_fraction"] = moe.gate / elapsed;
+        state.counters["a2a_fraction"] = (moe.first_all_to_all + moe.second_all_to_all) / elapsed;
+    }
 }
 
 constexpr int iterations_net = 200, iterations_mlp = 10;
@@ -104,6 +123,14 @@ BENCHMARK(zero_step<WideMlp, 2, FP32, Progress::library, false>)->Arg(64)->Itera
 BENCHMARK(zero_step<WideMlp, 2, FP32, Progress::thread>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage2/comm-thread");
 BENCHMARK(zero_step<WideMlp, 3, FP32, Progress::library, false>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3/no-prefetch");
 BENCHMARK(zero_step<WideMlp, 3, FP32, Progress::thread>)->Arg(64)->Iterations(iterations_mlp)->UseRealTime()->Name("mlp21m/stage3/comm-thread");
+// Mixture of Experts (run_ds_moe.sh's and run_ds_prmoe.sh's Nets, top-1, RSample): every
+// expert on every rank, or the experts split over the ranks by all-to-all (ep = world).
+using MoENet = cifar10::MoENet<3, 32, ds::nn::MoEMlp::standard, 2>;
+using PrMoENet = cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>;
+BENCHMARK(zero_step<MoENet, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("moe/stage0/ep1");
+BENCHMARK(zero_step<MoENet, 0, FP32, Progress::library, true, 2>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("moe/stage0/ep2");
+BENCHMARK(zero_step<PrMoENet, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("prmoe/stage0/ep1");
+BENCHMARK(zero_step<PrMoENet, 0, FP32, Progress::library, true, 2>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("prmoe/stage0/ep2");
 
 namespace {
 /// Ranks other than 0 run the same benchmarks silently.

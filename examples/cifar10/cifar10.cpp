@@ -143,20 +143,6 @@ void print_loss(int epoch, std::size_t step, double mean) {
     std::fflush(stdout);
 }
 
-/// The MoE layers' forward timings, summed over the layers (zeros for the dense Net).
-template <class Module>
-ds::nn::MoETimings moe_timings(Module& module) {
-    ds::nn::MoETimings total;
-    module.for_each_layer([&](auto& layer) {
-        if constexpr (requires { layer.timings(); }) {
-            total.gate += layer.timings().gate;
-            total.first_all_to_all += layer.timings().first_all_to_all;
-            total.second_all_to_all += layer.timings().second_all_to_all;
-        }
-    });
-    return total;
-}
-
 template <class Net>
 int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
     using Engine = ds::Engine<Net, typename Policies::optimizer_policy, typename Policies::zero_policy,
@@ -225,7 +211,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const ds::comm::CommCounters counters_after = engine->communicator().counters();
     const ds::comm::CommCounters experts_after = engine->expert_parallel_counters();
-    const ds::nn::MoETimings moe_time = moe_timings(engine->module());
+    const ds::nn::MoETimings moe_time = ds::nn::moe_timings(engine->module());
     if (leader && Net::contains_moe && cfg.wall_clock_breakdown)
         std::printf("moe time (s, training, rank 0): gate %.3f | first all-to-all %.3f | second all-to-all %.3f\n",
                     moe_time.gate, moe_time.first_all_to_all, moe_time.second_all_to_all);

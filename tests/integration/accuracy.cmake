@@ -1,4 +1,6 @@
 # Runs COMMAND, then reads test_accuracy from the METRICS JSON file and requires >= MIN_ACCURACY.
+get_filename_component(_metrics_dir "${METRICS}" DIRECTORY)
+file(MAKE_DIRECTORY "${_metrics_dir}")
 execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "exit code ${rc}:\n${out}\n${err}")

@@ -582,4 +582,18 @@ struct MoE {
     };
 };
 
+/// The forward timings of every MoE layer of `model` (a `Sequential`), summed.
+template <class Model>
+MoETimings moe_timings(Model& model) {
+    MoETimings total;
+    model.for_each_layer([&](auto& layer) {
+        if constexpr (requires { layer.timings(); }) {
+            total.gate += layer.timings().gate;
+            total.first_all_to_all += layer.timings().first_all_to_all;
+            total.second_all_to_all += layer.timings().second_all_to_all;
+        }
+    });
+    return total;
+}
+
 }  // namespace ds::nn

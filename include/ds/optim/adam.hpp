@@ -66,7 +66,7 @@ struct Adam {
     static constexpr std::size_t state_buffers = 2;  // exp_avg, exp_avg_sq
 
     static constexpr bool accepts(OptimizerType t) { return t == OptimizerType::Adam || t == OptimizerType::AdamW; }
-    static Update update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
+    static AdamUpdate update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
     static constexpr Hyper hyper_from(const OptimizerParams& p) {
         return {p.lr, p.betas, p.eps, p.weight_decay, p.adam_w_mode, p.bias_correction};
     }
@@ -83,7 +83,7 @@ struct AdamW {
     static constexpr std::size_t state_buffers = 2;
 
     static constexpr bool accepts(OptimizerType t) { return t == OptimizerType::AdamW || t == OptimizerType::Adam; }
-    static Update update(Hyper h, double lr, std::int64_t step) {
+    static AdamUpdate update(Hyper h, double lr, std::int64_t step) {
         h.adam_w_mode = true;
         return Update::at(h, lr, step);
     }

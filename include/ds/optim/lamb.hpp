@@ -92,7 +92,7 @@ struct Lamb {
     static constexpr Hyper hyper_from(const OptimizerParams& p) {
         return {p.lr, p.betas, p.eps, p.weight_decay, p.bias_correction, p.max_coeff, p.min_coeff, p.eps_inside_sqrt};
     }
-    static Update update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
+    static LambUpdate update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
 };
 
 static_assert(optimizer<Lamb<>>);

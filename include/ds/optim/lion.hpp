@@ -51,7 +51,7 @@ struct Lion {
 
     static constexpr bool accepts(OptimizerType t) { return t == OptimizerType::Lion; }
     static constexpr Hyper hyper_from(const OptimizerParams& p) { return {p.lr, p.betas, p.weight_decay}; }
-    static Update update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
+    static LionUpdate update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
 };
 
 static_assert(optimizer<Lion<>>);

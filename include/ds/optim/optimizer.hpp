@@ -21,6 +21,10 @@ namespace ds {
 /// - `state_buffers`: fp32 state values kept per parameter (Adam: m and v);
 /// - `update(hyper, lr, step)`: the functor for applied step `step` (1-based), called as
 ///   `u(i, params, grads, states)` for element i of flat fp32 buffers, on host or device.
+///   Its return type is spelled as the functor's own name (`AdamUpdate`), not through the
+///   policy (`Adam<...>::Update`): nvcc 13 names a kernel's template arguments in generated
+///   host code, and a class-type template argument such as `Adam<AdamHyper{...}>` does not
+///   survive that round trip.
 ///
 /// Laws: `hyper_from(OptimizerParams{})` with the config defaults equals SPEC §2's
 /// defaults; `accepts` is true for at least the policy's own `type`.

@@ -57,7 +57,7 @@ struct SGD {
     static constexpr Hyper hyper_from(const OptimizerParams& p) {
         return {p.lr, p.momentum, p.dampening, p.weight_decay, p.nesterov};
     }
-    static Update update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
+    static SgdUpdate update(const Hyper& h, double lr, std::int64_t step) { return Update::at(h, lr, step); }
 };
 
 static_assert(optimizer<SGD<>>);

@@ -1,0 +1,164 @@
+#pragma once
+/// @file
+/// Device memory: `ds::cuda::CachingAllocator` over `cudaMalloc` (no managed memory) and
+/// `ds::cuda::DeviceBuffer<T>`, the owner of one allocation.
+
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <cuda_runtime_api.h>
+
+#include <ds/device/cuda/error.hpp>
+
+namespace ds::cuda {
+
+/// Keeps freed device blocks for reuse, as PyTorch's caching allocator does, so a training
+/// step allocates nothing from the driver once its buffers exist (`cudaMalloc` and
+/// `cudaFree` synchronise the device). Sizes round up to 512 bytes; a request takes the
+/// smallest cached block that fits without wasting more than half of it, else a new one.
+///
+/// A block freed here may still be read by kernels already enqueued. Reuse is safe in
+/// stream order: buffers are freed and reallocated for the compute stream, and a buffer a
+/// second stream uses is freed only after an event shows that stream is done with it.
+/// One allocator per device; thread-safe (the communication thread allocates too).
+class CachingAllocator {
+public:
+    static constexpr std::size_t granularity = 512;
+
+    /// The allocator of the current device.
+    static CachingAllocator& current() {
+        int device = 0;
+        DS_CUDA_CHECK(cudaGetDevice(&device));
+        static std::mutex guard;
+        static std::map<int, CachingAllocator> per_device;
+        const std::lock_guard lock(guard);
+        return per_device[device];
+    }
+
+    CachingAllocator() = default;
+    CachingAllocator(const CachingAllocator&) = delete;
+    CachingAllocator& operator=(const CachingAllocator&) = delete;
+    ~CachingAllocator() { release_cached(); }
+
+    /// @throws CudaError when the device is out of memory even after the cache is released
+    void* allocate(std::size_t bytes) {
+        if (bytes == 0) return nullptr;
+        const std::size_t size = (bytes + granularity - 1) / granularity * granularity;
+        const std::lock_guard lock(mutex_);
+        if (auto it = cached_.lower_bound(size); it != cached_.end() && it->first <= 2 * size) {
+            void* p = it->second;
+            live_[p] = it->first;
+            cached_bytes_ -= it->first;
+            allocated_bytes_ += it->first;
+            cached_.erase(it);
+            return p;
+        }
+        void* p = nullptr;
+        if (cudaMalloc(&p, size) != cudaSuccess) {
+            (void)cudaGetLastError();  // clear the sticky out-of-memory error, free the cache, try once more
+            release_cached_locked();
+            const cudaError_t status = cudaMalloc(&p, size);
+            if (status != cudaSuccess)
+                throw CudaError("CUDA", "cudaMalloc",
+                                std::string(cudaGetErrorString(status)) + " allocating " + std::to_string(size) +
+                                    " bytes with " + std::to_string(allocated_bytes_) + " in use",
+                                __FILE__, __LINE__);
+        }
+        live_[p] = size;
+        allocated_bytes_ += size;
+        return p;
+    }
+
+    /// Returns `p` (from `allocate`) to the cache.
+    void deallocate(void* p) noexcept {
+        if (!p) return;
+        const std::lock_guard lock(mutex_);
+        const auto it = live_.find(p);
+        if (it == live_.end()) return;
+        cached_.emplace(it->second, p);
+        cached_bytes_ += it->second;
+        allocated_bytes_ -= it->second;
+        live_.erase(it);
+    }
+
+    /// Frees every cached block back to the driver (`torch.cuda.empty_cache()`).
+    void release_cached() {
+        const std::lock_guard lock(mutex_);
+        release_cached_locked();
+    }
+
+    std::size_t allocated_bytes() const {
+        const std::lock_guard lock(mutex_);
+        return allocated_bytes_;
+    }
+    std::size_t cached_bytes() const {
+        const std::lock_guard lock(mutex_);
+        return cached_bytes_;
+    }
+
+private:
+    void release_cached_locked() {
+        for (auto& [size, p] : cached_) cudaFree(p);
+        cached_.clear();
+        cached_bytes_ = 0;
+    }
+
+    mutable std::mutex mutex_;
+    std::multimap<std::size_t, void*> cached_;
+    std::unordered_map<void*, std::size_t> live_;
+    std::size_t allocated_bytes_ = 0, cached_bytes_ = 0;
+};
+
+/// `n` values of T in device memory from the current device's caching allocator.
+template <class T>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(std::size_t n)
+        : data_(static_cast<T*>(CachingAllocator::current().allocate(n * sizeof(T)))), size_(n) {}
+    ~DeviceBuffer() { CachingAllocator::current().deallocate(data_); }
+    DeviceBuffer(DeviceBuffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+        std::swap(data_, other.data_);
+        std::swap(size_, other.size_);
+        return *this;
+    }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+    T* data() { return data_; }
+    const T* data() const { return data_; }
+    std::size_t size() const { return size_; }
+    std::size_t bytes() const { return size_ * sizeof(T); }
+
+    /// Host → device, ordered on `stream` (the host buffer must outlive the copy).
+    void copy_from(std::span<const T> host, cudaStream_t stream = nullptr) {
+        check_size(host.size());
+        DS_CUDA_CHECK(cudaMemcpyAsync(data_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice, stream));
+    }
+    /// Device → host; waits for it.
+    void copy_to(std::span<T> host, cudaStream_t stream = nullptr) const {
+        check_size(host.size());
+        DS_CUDA_CHECK(cudaMemcpyAsync(host.data(), data_, host.size_bytes(), cudaMemcpyDeviceToHost, stream));
+        DS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
+private:
+    void check_size(std::size_t n) const {
+        if (n != size_)
+            throw std::invalid_argument("DeviceBuffer: " + std::to_string(n) + " host values for a buffer of " +
+                                        std::to_string(size_));
+    }
+
+    T* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+}  // namespace ds::cuda

@@ -1,0 +1,233 @@
+// The CUDA backend's kernels against the CPU backend on fresh random data: the fused
+// optimizer update (Adam, AdamW, Lion, SGD; fp32/bf16/fp16 gradients; fp32/bf16/fp16
+// compute copies), the float64 squared norm and its overflow signal, the casts, cuBLASLt
+// products (fp32, TF32, bf16, fp16; every transpose; bias and bias+ReLU epilogues) against
+// a float64 product, the caching allocator's reuse and CudaError's message.
+// Without a CUDA device it prints "skipped: no CUDA device" and exits 77 (CTest: skipped).
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <ds/device/cuda/convert.cuh>
+#include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/gemm.hpp>
+#include <ds/device/cuda/memory.hpp>
+#include <ds/device/cuda/optimizer_step.cuh>
+#include <ds/device/cuda/reduce.cuh>
+#include <ds/device/cuda/stream.hpp>
+#include <ds/engine/flat_optimizer.hpp>
+#include <ds/optim/adam.hpp>
+#include <ds/optim/lion.hpp>
+#include <ds/optim/sgd.hpp>
+#include <ds/util/rng.hpp>
+
+namespace {
+
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
+    ds::Rng rng(seed);
+    std::vector<T> v(n);
+    for (auto& x : v) x = T(rng.uniform(-scale, scale));
+    return v;
+}
+
+template <class T>
+ds::cuda::DeviceBuffer<T> to_device(const std::vector<T>& host) {
+    ds::cuda::DeviceBuffer<T> d(host.size());
+    d.copy_from(host);
+    return d;
+}
+template <class T>
+std::vector<T> to_host(const ds::cuda::DeviceBuffer<T>& d) {
+    std::vector<T> host(d.size());
+    d.copy_to(host);
+    return host;
+}
+
+double relative(double got, double expected, double floor = 1e-3) {
+    return std::abs(got - expected) / std::max(std::abs(expected), floor);
+}
+
+/// Three steps of `Opt` on the GPU and with `FlatOptimizer` on the CPU, gradients in G
+/// scaled by 1/8 (unscale+clip), compute copy in T.
+template <class Opt, class G, class T>
+void check_optimizer_step() {
+    constexpr std::size_t n = 100'003;  // not a multiple of the block size
+    constexpr std::size_t S = Opt::state_buffers;
+    const float factor = 0.125f;
+    auto params = random_values<float>(n, 1);
+    std::vector<float> cpu_params = params;
+    ds::FlatOptimizer<Opt> cpu(Opt::defaults, n);
+    ds::cuda::DeviceBuffer<float> d_params = to_device(params);
+    ds::cuda::DeviceBuffer<T> d_compute(n);
+    std::vector<ds::cuda::DeviceBuffer<float>> d_states;
+    ds::cuda::StatePointers<S> states{};
+    for (std::size_t k = 0; k < S; ++k) {
+        d_states.push_back(to_device(std::vector<float>(n, 0.0f)));
+        states.at[k] = d_states.back().data();
+    }
+    const std::vector<ds::Segment> whole{{0, n}};
+    for (std::int64_t step = 1; step <= 3; ++step) {
+        const auto grads = random_values<G>(n, 10 + static_cast<std::uint64_t>(step), 4.0f);
+        const auto d_grads = to_device(grads);
+        cpu.step(cpu_params.data(), grads.data(), factor, 1e-2, std::nullopt, std::nullopt, whole);
+        const auto update = Opt::update(Opt::defaults, 1e-2, step);
+        ds::cuda::optimizer_step<S>(update, d_params.data(), std::is_same_v<T, float> ? nullptr : d_compute.data(),
+                                    d_grads.data(), factor, states, n, nullptr);
+    }
+    const auto got = to_host(d_params);
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, relative(got[i], cpu_params[i]));
+    CHECK(worst < 1e-5);  // the same functor; FMA contraction may differ between g++ and nvcc
+    if constexpr (!std::is_same_v<T, float>) {
+        const auto compute = to_host(d_compute);
+        std::size_t mismatches = 0;
+        for (std::size_t i = 0; i < n; ++i) mismatches += compute[i].bits != T(got[i]).bits;
+        CHECK(mismatches == 0);  // the compute copy is the rounding of the fp32 value, in the same pass
+    }
+}
+
+/// A float64 reference of row-major op(A)·op(B) (+bias, ReLU) from the operands as stored.
+template <class T>
+std::vector<double> reference_product(ds::cuda::Op op_a, ds::cuda::Op op_b, std::size_t m, std::size_t n,
+                                      std::size_t k, const std::vector<T>& a, const std::vector<T>& b,
+                                      const std::vector<T>& bias, ds::cuda::Epilogue e) {
+    std::vector<double> c(m * n);
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            double s = 0;
+            for (std::size_t l = 0; l < k; ++l) {
+                const double x = static_cast<float>(op_a == ds::cuda::Op::none ? a[i * k + l] : a[l * m + i]);
+                const double y = static_cast<float>(op_b == ds::cuda::Op::none ? b[l * n + j] : b[j * k + l]);
+                s += x * y;
+            }
+            if (e != ds::cuda::Epilogue::none) s += static_cast<float>(bias[j]);
+            if (e == ds::cuda::Epilogue::relu_bias) s = std::max(s, 0.0);
+            c[i * n + j] = s;
+        }
+    return c;
+}
+
+template <class T>
+void check_gemm(bool tf32, double tolerance) {
+    using ds::cuda::Epilogue;
+    using ds::cuda::Op;
+    ds::cuda::Gemm gemm;
+    gemm.use_tf32 = tf32;
+    const std::size_t m = 67, n = 48, k = 129;
+    for (Op op_a : {Op::none, Op::transpose})
+        for (Op op_b : {Op::none, Op::transpose})
+            for (Epilogue e : {Epilogue::none, Epilogue::bias, Epilogue::relu_bias}) {
+                const auto a = random_values<T>(m * k, 3);
+                const auto b = random_values<T>(k * n, 4);
+                const auto bias = random_values<T>(n, 5);
+                const auto expected = reference_product(op_a, op_b, m, n, k, a, b, bias, e);
+                const auto d_a = to_device(a), d_b = to_device(b), d_bias = to_device(bias);
+                ds::cuda::DeviceBuffer<T> d_c(m * n);
+                gemm(op_a, op_b, m, n, k, 1.0f, d_a.data(), op_a == Op::none ? k : m, d_b.data(),
+                     op_b == Op::none ? n : k, 0.0f, d_c.data(), n, nullptr, e, e == Epilogue::none ? nullptr : d_bias.data());
+                const auto got = to_host(d_c);
+                double worst = 0;
+                for (std::size_t i = 0; i < got.size(); ++i)
+                    worst = std::max(worst, relative(static_cast<float>(got[i]), expected[i], 1.0));
+                INFO("op_a " << int(op_a) << ", op_b " << int(op_b) << ", epilogue " << int(e));
+                CHECK(worst < tolerance);
+            }
+    CHECK(gemm.cached_plans() == 12);
+}
+
+}  // namespace
+
+TEST_SUITE("gpu") {
+
+TEST_CASE("fused optimizer update equals the CPU backend's, and writes the compute copy in the same pass") {
+    check_optimizer_step<ds::Adam<>, float, float>();
+    check_optimizer_step<ds::AdamW<>, ds::bf16, ds::bf16>();
+    check_optimizer_step<ds::Adam<>, ds::half, ds::half>();
+    check_optimizer_step<ds::Lion<>, ds::bf16, ds::bf16>();
+    check_optimizer_step<ds::SGD<ds::SgdHyper{.lr = 1e-2, .momentum = 0.9}>, float, float>();
+}
+
+TEST_CASE("squared norm in float64 equals the host's; an inf or NaN makes it non-finite") {
+    const auto x = random_values<float>(1'000'001, 7);
+    double expected = 0;
+    for (float v : x) expected += double(v) * v;
+    auto d = to_device(x);
+    const double got = ds::cuda::square_sum(d.data(), x.size(), nullptr);
+    CHECK(relative(got, expected) < 1e-12);
+    CHECK(ds::cuda::square_sum(d.data(), x.size(), nullptr) == got);  // deterministic
+    const auto h = random_values<ds::bf16>(4097, 8);
+    double expected_h = 0;
+    for (auto v : h) expected_h += double(static_cast<float>(v)) * static_cast<float>(v);
+    CHECK(relative(ds::cuda::square_sum(to_device(h).data(), h.size(), nullptr), expected_h) < 1e-12);
+    auto with_inf = x;
+    with_inf[123'456] = INFINITY;
+    CHECK(!std::isfinite(ds::cuda::square_sum(to_device(with_inf).data(), x.size(), nullptr)));
+    with_inf[123'456] = NAN;
+    CHECK(std::isnan(ds::cuda::square_sum(to_device(with_inf).data(), x.size(), nullptr)));
+}
+
+TEST_CASE("casts round as the host types do") {
+    auto x = random_values<float>(65'537, 9, 70000.0f);  // beyond fp16's range too
+    x[0] = NAN;
+    x[1] = -INFINITY;
+    const auto d = to_device(x);
+    ds::cuda::DeviceBuffer<ds::bf16> b(x.size());
+    ds::cuda::DeviceBuffer<ds::half> h(x.size());
+    ds::cuda::convert(d.data(), b.data(), x.size(), nullptr);
+    ds::cuda::convert(d.data(), h.data(), x.size(), nullptr);
+    const auto got_b = to_host(b);
+    const auto got_h = to_host(h);
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+        mismatches += (got_b[i].bits != ds::bf16(x[i]).bits) + (got_h[i].bits != ds::half(x[i]).bits);
+    CHECK(mismatches == 0);
+}
+
+TEST_CASE("cuBLASLt products against float64, row-major, every transpose and epilogue") {
+    check_gemm<float>(false, 1e-5);
+    check_gemm<float>(true, 5e-3);  // TF32: 10-bit mantissas
+    check_gemm<ds::bf16>(false, 1e-2);  // output rounded to bf16
+    check_gemm<ds::half>(false, 2e-3);
+}
+
+TEST_CASE("the caching allocator reuses freed blocks; failures are CudaError with the call and the message") {
+    auto& allocator = ds::cuda::CachingAllocator::current();
+    void* first = allocator.allocate(1000);
+    allocator.deallocate(first);
+    CHECK(allocator.cached_bytes() >= 1024);
+    void* again = allocator.allocate(1024);  // same size class: the same block, no cudaMalloc
+    CHECK(again == first);
+    allocator.deallocate(again);
+    try {
+        (void)allocator.allocate(std::size_t{1} << 60);
+        FAIL("an exabyte allocation succeeded");
+    } catch (const ds::CudaError& e) {
+        CHECK(e.library() == "CUDA");
+        CHECK(std::string(e.what()).find("cudaMalloc") != std::string::npos);
+    }
+    void* p = nullptr;
+    CHECK_THROWS_WITH_AS(DS_CUDA_CHECK(cudaMemcpy(&p, nullptr, 8, cudaMemcpyDeviceToHost)),
+                         doctest::Contains("cudaMemcpy(&p, nullptr, 8, cudaMemcpyDeviceToHost)"), ds::CudaError);
+}
+
+}  // TEST_SUITE
+
+int main(int argc, char** argv) {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        std::printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    doctest::Context context(argc, argv);
+    return context.run();
+}

@@ -68,6 +68,10 @@
 #if __has_include(<cblas.h>)
 #include <ds/nn/linear.hpp>
 #endif
+#include <ds/nn/math/im2col.hpp>
+#include <ds/nn/math/max_pool.hpp>
+#include <ds/nn/math/relu.hpp>
+#include <ds/nn/math/softmax_cross_entropy.hpp>
 #include <ds/nn/max_pool2d.hpp>
 #include <ds/nn/moe.hpp>
 #include <ds/nn/relu.hpp>

@@ -1,6 +1,8 @@
 // The CUDA backend's kernels against the CPU backend on fresh random data: the fused
 // optimizer update (Adam, AdamW, Lion, SGD; fp32/bf16/fp16 gradients; fp32/bf16/fp16
-// compute copies), the float64 squared norm and its overflow signal, the casts, cuBLASLt
+// compute copies), the float64 squared norm and its overflow signal, the casts, the layer
+// kernels (im2col/col2im, max pool, ReLU, softmax cross-entropy) against host runs of the
+// same shared math (tests/unit/nn_math_test.cpp ties that math to the CPU layers), cuBLASLt
 // products (fp32, TF32, bf16, fp16; every transpose; bias and bias+ReLU epilogues) against
 // a float64 product, the caching allocator's reuse and CudaError's message.
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 77 (CTest: skipped).
@@ -20,6 +22,7 @@
 #include <ds/device/cuda/convert.cuh>
 #include <ds/device/cuda/error.hpp>
 #include <ds/device/cuda/gemm.hpp>
+#include <ds/device/cuda/layer_kernels.cuh>
 #include <ds/device/cuda/memory.hpp>
 #include <ds/device/cuda/optimizer_step.cuh>
 #include <ds/device/cuda/reduce.cuh>
@@ -198,6 +201,86 @@ TEST_CASE("cuBLASLt products against float64, row-major, every transpose and epi
     check_gemm<float>(true, 5e-3);  // TF32: 10-bit mantissas
     check_gemm<ds::bf16>(false, 1e-2);  // output rounded to bf16
     check_gemm<ds::half>(false, 2e-3);
+}
+
+TEST_CASE("layer kernels give the host's results of the same shared math") {
+    constexpr std::size_t C = 6, H = 28, W = 28, K = 5, S = 2, batch = 5;
+    using Cols = ds::nn::math::Im2Col<C, H, W, K>;
+    const auto x = random_values<float>(batch * C * H * W, 21);
+    // im2col and its gradient: exact (the same loads and the same order of additions).
+    std::vector<float> col(batch * Cols::col_size), back(x.size());
+    for (std::size_t i = 0; i < col.size(); ++i) Cols::gather(i, x.data(), col.data());
+    for (std::size_t i = 0; i < back.size(); ++i) Cols::scatter_back(i, col.data(), back.data());
+    const auto d_x = to_device(x);
+    ds::cuda::DeviceBuffer<float> d_col(col.size()), d_back(back.size());
+    ds::cuda::im2col<C, H, W, K>(d_x.data(), d_col.data(), batch, nullptr);
+    ds::cuda::col2im<C, H, W, K>(d_col.data(), d_back.data(), batch, nullptr);
+    CHECK(to_host(d_col) == col);
+    CHECK(to_host(d_back) == back);
+    // Max pooling forward and backward, with a NaN in one window.
+    auto xn = x;
+    xn[777] = NAN;
+    constexpr std::size_t OH = H / S, OW = W / S;
+    std::vector<float> y(batch * C * OH * OW), dx(x.size(), 0.0f);
+    std::vector<std::uint8_t> at(y.size());
+    for (std::size_t plane = 0; plane < batch * C; ++plane)
+        for (std::size_t oy = 0; oy < OH; ++oy)
+            for (std::size_t ox = 0; ox < OW; ++ox) {
+                const auto best = ds::nn::math::window_max<S>(xn.data() + plane * H * W + oy * S * W + ox * S, W);
+                y[(plane * OH + oy) * OW + ox] = best.value;
+                at[(plane * OH + oy) * OW + ox] = best.at;
+            }
+    const auto dy = random_values<float>(y.size(), 22);
+    for (std::size_t o = 0; o < y.size(); ++o) {
+        const std::size_t plane = o / (OH * OW), oy = o / OW % OH, ox = o % OW;
+        dx[plane * H * W + (oy * S + at[o] / S) * W + ox * S + at[o] % S] = dy[o];
+    }
+    const auto d_xn = to_device(xn), d_dy = to_device(dy);
+    ds::cuda::DeviceBuffer<float> d_y(y.size()), d_dx(dx.size());
+    ds::cuda::DeviceBuffer<std::uint8_t> d_at(at.size());
+    ds::cuda::max_pool_forward<C, H, W, S>(d_xn.data(), d_y.data(), d_at.data(), batch, nullptr);
+    ds::cuda::max_pool_backward<C, H, W, S>(d_dy.data(), d_at.data(), d_dx.data(), batch, nullptr);
+    const auto got_y = to_host(d_y);
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) wrong += !(got_y[i] == y[i] || (std::isnan(got_y[i]) && std::isnan(y[i])));
+    CHECK(wrong == 0);
+    CHECK(to_host(d_at) == at);
+    CHECK(to_host(d_dx) == dx);
+    // ReLU both ways.
+    std::vector<float> r(x.size()), dr(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) r[i] = ds::nn::math::relu(x[i]);
+    const auto g = random_values<float>(x.size(), 23);
+    for (std::size_t i = 0; i < x.size(); ++i) dr[i] = ds::nn::math::relu_backward(r[i], g[i]);
+    ds::cuda::DeviceBuffer<float> d_r(r.size()), d_dr(dr.size());
+    const auto d_g = to_device(g);
+    ds::cuda::relu_forward(d_x.data(), d_r.data(), x.size(), nullptr);
+    ds::cuda::relu_backward(d_r.data(), d_g.data(), d_dr.data(), x.size(), nullptr);
+    CHECK(to_host(d_r) == r);
+    CHECK(to_host(d_dr) == dr);
+    // Softmax cross-entropy: the device's exp and log may differ from the host's in the last bit.
+    constexpr std::size_t classes = 10, samples = 64;
+    const auto logits = random_values<float>(samples * classes, 24, 8.0f);
+    std::vector<std::int32_t> labels(samples);
+    for (std::size_t b = 0; b < samples; ++b) labels[b] = static_cast<std::int32_t>((b * 7) % classes);
+    std::vector<double> losses(samples);
+    std::vector<float> grad(logits.size());
+    for (std::size_t b = 0; b < samples; ++b)
+        losses[b] = ds::nn::math::softmax_cross_entropy(logits.data() + b * classes, classes, labels[b], samples,
+                                                        grad.data() + b * classes);
+    const auto d_logits = to_device(logits);
+    const auto d_labels = to_device(labels);
+    ds::cuda::DeviceBuffer<double> d_losses(samples);
+    ds::cuda::DeviceBuffer<float> d_grad(grad.size());
+    ds::cuda::softmax_cross_entropy(d_logits.data(), d_labels.data(), classes, samples, d_losses.data(), d_grad.data(),
+                                    nullptr);
+    const auto got_losses = to_host(d_losses);
+    const auto got_grad = to_host(d_grad);
+    double worst = 0;
+    for (std::size_t b = 0; b < samples; ++b) worst = std::max(worst, relative(got_losses[b], losses[b]));
+    CHECK(worst < 1e-12);
+    worst = 0;
+    for (std::size_t i = 0; i < grad.size(); ++i) worst = std::max(worst, relative(got_grad[i], grad[i], 1e-6));
+    CHECK(worst < 1e-5);
 }
 
 TEST_CASE("the caching allocator reuses freed blocks; failures are CudaError with the call and the message") {

@@ -2,13 +2,14 @@
 /// @file
 /// `ds::nn::CrossEntropyLoss`: mean softmax cross-entropy from logits, and its gradient.
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <ds/nn/math/softmax_cross_entropy.hpp>
 
 namespace ds::nn {
 
@@ -21,7 +22,8 @@ struct Loss {
 };
 
 /// torch.nn.CrossEntropyLoss() (mean reduction) over `classes` logits per sample, computed
-/// stably as logsumexp(z) − z[label] in double; the gradient is (softmax(z) − onehot) / batch.
+/// stably as logsumexp(z) − z[label] in double; the gradient is (softmax(z) − onehot) / batch
+/// (`math::softmax_cross_entropy`, the CUDA kernel's too).
 struct CrossEntropyLoss {
     std::size_t classes;
 
@@ -40,15 +42,7 @@ struct CrossEntropyLoss {
             if (label < 0 || static_cast<std::size_t>(label) >= classes)
                 throw std::out_of_range("CrossEntropyLoss: label " + std::to_string(label) + " is not in [0, " +
                                         std::to_string(classes) + ")");
-            double max = z[0];
-            for (std::size_t c = 1; c < classes; ++c) max = std::max(max, static_cast<double>(z[c]));
-            double sum = 0.0;
-            for (std::size_t c = 0; c < classes; ++c) sum += std::exp(z[c] - max);
-            total += max + std::log(sum) - z[label];
-            float* g = loss.grad_output.data() + b * classes;
-            for (std::size_t c = 0; c < classes; ++c)
-                g[c] = static_cast<float>((std::exp(z[c] - max) / sum - (c == static_cast<std::size_t>(label))) /
-                                          static_cast<double>(batch));
+            total += math::softmax_cross_entropy(z, classes, label, batch, loss.grad_output.data() + b * classes);
         }
         loss.value = static_cast<float>(total / static_cast<double>(batch));
         return loss;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include <ds/nn/math/max_pool.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -41,19 +42,9 @@ struct MaxPool2d {
                 std::uint8_t* arg = argmax.data() + plane * out_h * out_w;
                 for (std::size_t oy = 0; oy < out_h; ++oy)
                     for (std::size_t ox = 0; ox < out_w; ++ox) {
-                        const float* window = in + (oy * S) * W + ox * S;
-                        float best = window[0];
-                        std::uint8_t where = 0;
-#pragma GCC unroll 16
-                        for (std::size_t k = 1; k < S * S; ++k) {
-                            const float v = window[(k / S) * W + k % S];
-                            // The first maximum wins; NaN propagates, as in PyTorch.
-                            const bool take = v > best || v != v;
-                            best = take ? v : best;
-                            where = take ? static_cast<std::uint8_t>(k) : where;
-                        }
-                        out[oy * out_w + ox] = best;
-                        arg[oy * out_w + ox] = where;
+                        const math::WindowMax best = math::window_max<S>(in + (oy * S) * W + ox * S, W);
+                        out[oy * out_w + ox] = best.value;
+                        arg[oy * out_w + ox] = best.at;
                     }
             }
         }

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 
+#include <ds/nn/math/relu.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -23,12 +24,12 @@ struct ReLU {
 
         void forward(const float* x, float* y, std::size_t batch, const float*) {
             const std::size_t n = batch * Input::size;
-            for (std::size_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+            for (std::size_t i = 0; i < n; ++i) y[i] = math::relu(x[i]);
         }
         void backward(const float*, const float* y, float* dy, float* dx, std::size_t batch, const float*, float*) {
             if (!dx) return;
             const std::size_t n = batch * Input::size;
-            for (std::size_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            for (std::size_t i = 0; i < n; ++i) dx[i] = math::relu_backward(y[i], dy[i]);
         }
     };
 };

@@ -1,0 +1,51 @@
+#pragma once
+/// @file
+/// The column form of a stride-1, unpadded convolution, element by element: the CUDA
+/// backend turns Conv2d into one GEMM over these columns (the CPU backend convolves
+/// directly, ds/device/cpu/conv_kernels.hpp). Each index is one output element, computed
+/// by gathering, so a kernel needs no atomics.
+
+#include <cstddef>
+
+#include <ds/util/host_device.hpp>
+
+namespace ds::nn::math {
+
+/// C × H × W images and K × K filters. For image b of a batch:
+/// - `col(b)[(c·K + i)·K + j][y·OW + x] = in(b)[c][y + i][x + j]`, a [C·K·K × OH·OW] matrix,
+///   so that out(b)[O × OH·OW] = weight[O × C·K·K] · col(b) + bias;
+/// - the input gradient gathers the column gradient back:
+///   `dx(b)[c][h][w] = Σ over (i, j) with 0 ≤ h − i < OH, 0 ≤ w − j < OW of dcol(b)[(c·K+i)·K+j][(h−i)·OW + w−j]`.
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
+struct Im2Col {
+    static constexpr std::size_t out_h = H - K + 1, out_w = W - K + 1;
+    static constexpr std::size_t rows = C * K * K, cols = out_h * out_w;
+    static constexpr std::size_t col_size = rows * cols;  ///< per image
+    static constexpr std::size_t image_size = C * H * W;
+
+    /// Column element `index` of the batch (index < batch · col_size).
+    DS_HOST_DEVICE static void gather(std::size_t index, const float* in, float* col) {
+        const std::size_t b = index / col_size, e = index % col_size;
+        const std::size_t r = e / cols, p = e % cols;
+        const std::size_t c = r / (K * K), i = r / K % K, j = r % K, y = p / out_w, x = p % out_w;
+        col[index] = in[b * image_size + (c * H + y + i) * W + x + j];
+    }
+
+    /// Input-gradient element `index` of the batch (index < batch · image_size).
+    DS_HOST_DEVICE static void scatter_back(std::size_t index, const float* dcol, float* dx) {
+        const std::size_t b = index / image_size, e = index % image_size;
+        const std::size_t c = e / (H * W), h = e / W % H, w = e % W;
+        const float* image = dcol + b * col_size;
+        float sum = 0.0f;
+        for (std::size_t i = 0; i < K; ++i) {
+            if (h < i || h - i >= out_h) continue;
+            for (std::size_t j = 0; j < K; ++j) {
+                if (w < j || w - j >= out_w) continue;
+                sum += image[((c * K + i) * K + j) * cols + (h - i) * out_w + (w - j)];
+            }
+        }
+        dx[index] = sum;
+    }
+};
+
+}  // namespace ds::nn::math

@@ -1,11 +1,12 @@
 // The CUDA backend's speed figures (issue 6), timed with CUDA events: the device-to-device
 // copy bandwidth the fused optimizer update is measured against, the fused Adam update
 // (fp32, and bf16 gradients writing a bf16 compute copy) in GB/s, and cuBLASLt GEMMs in
-// TFLOP/s (bf16 at 4096³ and 8192³, fp32 and TF32 at 4096³). A plain program rather than a
+// TFLOP/s (bf16 at 4096³ and 8192³, fp16, fp32 and TF32 at 4096³, on random values). A plain program rather than a
 // Google Benchmark suite: the GPU machines have no Debian packages. Each figure is the
 // median of 5 timed runs of `iterations` launches, after a warm-up.
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 77.
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -42,6 +43,25 @@ double median_ms(const ds::cuda::Stream& stream, int iterations, const std::func
 
 void fill(void* p, std::size_t bytes, const ds::cuda::Stream& stream) {
     DS_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+}
+
+/// Values in [-1, 1) from a hash of the index: GEMMs on zeros draw less power and run faster
+/// than on real data.
+template <class T>
+__global__ void fill_random_kernel(T* x, std::size_t n) {
+    const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+    for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+        std::uint32_t h = static_cast<std::uint32_t>(i) * 2654435761u;
+        h ^= h >> 16;
+        h *= 0x85ebca6bu;
+        h ^= h >> 13;
+        x[i] = T(static_cast<float>(h >> 8) / 8388608.0f - 1.0f);
+    }
+}
+template <class T>
+void fill_random(T* x, std::size_t n, const ds::cuda::Stream& stream) {
+    fill_random_kernel<<<1024, 256, 0, stream>>>(x, n);
+    DS_CUDA_CHECK_LAUNCH();
 }
 
 struct Row {
@@ -103,7 +123,7 @@ int main(int argc, char** argv) {
         ds::cuda::Gemm gemm;
         const auto gemm_row = [&]<class T>(T, std::size_t size, bool tf32, const char* name) {
             ds::cuda::DeviceBuffer<T> a(size * size), b(size * size), c(size * size);
-            for (auto* x : {&a, &b, &c}) fill(x->data(), x->bytes(), stream);
+            for (auto* x : {&a, &b, &c}) fill_random(x->data(), x->size(), stream);
             gemm.use_tf32 = tf32;
             const double ms = median_ms(stream, 10, [&] {
                 gemm(ds::cuda::Op::none, ds::cuda::Op::none, size, size, size, 1.0f, a.data(), size, b.data(), size,

@@ -46,8 +46,8 @@ rows.append(("torch fused Adam, fp32", adam_gbs, "GB/s", f"{100 * adam_gbs / cop
 for dtype, name, tf32 in ((torch.bfloat16, "bf16", False), (torch.float16, "fp16", False),
                           (torch.float32, "fp32", False), (torch.float32, "TF32", True)):
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    a = torch.zeros(4096, 4096, dtype=dtype, device="cuda")
-    b = torch.zeros_like(a)
+    a = torch.rand(4096, 4096, device="cuda").mul_(2).sub_(1).to(dtype)  # random, as bench_gpu's
+    b = torch.rand(4096, 4096, device="cuda").mul_(2).sub_(1).to(dtype)
     ms = median_ms(lambda: torch.matmul(a, b), 10)
     rows.append((f"torch.matmul {name} 4096^3", 2 * 4096 ** 3 / ms / 1e9, "TFLOP/s", ""))
 

@@ -1,16 +1,14 @@
 #pragma once
 /// @file
-/// The whole public API of dspp. Parts that need MPI, OpenBLAS, zlib, CUDA or NCCL are included
-/// when their headers are on the include path.
+/// The whole public API of dspp. Parts that need MPI, OpenBLAS or zlib are included
+/// when their headers are on the include path. The CUDA backend (ds/device/cuda/,
+/// ds/comm/nccl.hpp) is included by name: its headers bring CUDA's global `half`.
 
 #include <ds/comm/communicator.hpp>
 #include <ds/comm/distributed.hpp>
 #include <ds/comm/expert_parallel.hpp>
 #if __has_include(<mpi.h>)
 #include <ds/comm/mpi.hpp>
-#endif
-#if __has_include(<nccl.h>)
-#include <ds/comm/nccl.hpp>
 #endif
 #include <ds/comm/single.hpp>
 #include <ds/comm/threads.hpp>
@@ -38,21 +36,6 @@
 #endif
 #include <ds/device/cpu/simd.hpp>
 #include <ds/device/cpu/threads.hpp>
-#if __has_include(<cuda_runtime_api.h>)
-#include <ds/device/cuda/error.hpp>
-#endif
-#if __has_include(<cublasLt.h>)
-#include <ds/device/cuda/gemm.hpp>
-#endif
-#if __has_include(<cuda_runtime_api.h>)
-#include <ds/device/cuda/launch.hpp>
-#endif
-#if __has_include(<cuda_runtime_api.h>)
-#include <ds/device/cuda/memory.hpp>
-#endif
-#if __has_include(<cuda_runtime_api.h>)
-#include <ds/device/cuda/stream.hpp>
-#endif
 #include <ds/engine/engine.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>

@@ -17,6 +17,8 @@
 
 #include <doctest/doctest.h>
 
+#include "device_or_skip.hpp"
+
 #include <cuda_runtime_api.h>
 
 #include <ds/device/cuda/convert.cuh>
@@ -120,6 +122,9 @@ std::vector<double> reference_product(ds::cuda::Op op_a, ds::cuda::Op op_b, std:
     return c;
 }
 
+/// Every transpose and epilogue, twice: tight leading dimensions and 256-byte-aligned
+/// operands with beta 0; then padded leading dimensions, operands one element off alignment
+/// (as views into flat parameter buffers are) and beta 0.5 accumulating into C.
 template <class T>
 void check_gemm(bool tf32, double tolerance) {
     using ds::cuda::Epilogue;
@@ -127,25 +132,54 @@ void check_gemm(bool tf32, double tolerance) {
     ds::cuda::Gemm gemm;
     gemm.use_tf32 = tf32;
     const std::size_t m = 67, n = 48, k = 129;
-    for (Op op_a : {Op::none, Op::transpose})
-        for (Op op_b : {Op::none, Op::transpose})
-            for (Epilogue e : {Epilogue::none, Epilogue::bias, Epilogue::relu_bias}) {
-                const auto a = random_values<T>(m * k, 3);
-                const auto b = random_values<T>(k * n, 4);
-                const auto bias = random_values<T>(n, 5);
-                const auto expected = reference_product(op_a, op_b, m, n, k, a, b, bias, e);
-                const auto d_a = to_device(a), d_b = to_device(b), d_bias = to_device(bias);
-                ds::cuda::DeviceBuffer<T> d_c(m * n);
-                gemm(op_a, op_b, m, n, k, 1.0f, d_a.data(), op_a == Op::none ? k : m, d_b.data(),
-                     op_b == Op::none ? n : k, 0.0f, d_c.data(), n, nullptr, e, e == Epilogue::none ? nullptr : d_bias.data());
-                const auto got = to_host(d_c);
-                double worst = 0;
-                for (std::size_t i = 0; i < got.size(); ++i)
-                    worst = std::max(worst, relative(static_cast<float>(got[i]), expected[i], 1.0));
-                INFO("op_a " << int(op_a) << ", op_b " << int(op_b) << ", epilogue " << int(e));
-                CHECK(worst < tolerance);
-            }
-    CHECK(gemm.cached_plans() == 12);
+    for (const bool padded : {false, true})
+        for (Op op_a : {Op::none, Op::transpose})
+            for (Op op_b : {Op::none, Op::transpose})
+                for (Epilogue e : {Epilogue::none, Epilogue::bias, Epilogue::relu_bias}) {
+                    const std::size_t pad = padded ? 3 : 0, shift = padded ? 1 : 0;
+                    const float beta = padded ? 0.5f : 0.0f;
+                    const std::size_t a_rows = op_a == Op::none ? m : k, a_cols = op_a == Op::none ? k : m;
+                    const std::size_t b_rows = op_b == Op::none ? k : n, b_cols = op_b == Op::none ? n : k;
+                    const std::size_t lda = a_cols + pad, ldb = b_cols + pad, ldc = n + pad;
+                    const auto a = random_values<T>(a_rows * a_cols, 3);
+                    const auto b = random_values<T>(b_rows * b_cols, 4);
+                    const auto bias = random_values<T>(n, 5);
+                    const auto c0 = random_values<T>(m * n, 6);
+                    auto expected = reference_product(op_a, op_b, m, n, k, a, b, bias, e);
+                    if (padded) {  // cuBLASLt adds beta·C before the epilogue: relu(αAB + βC + bias)
+                        const auto product = reference_product(op_a, op_b, m, n, k, a, b, bias, Epilogue::none);
+                        for (std::size_t i = 0; i < m * n; ++i) {
+                            double v = product[i] + beta * static_cast<float>(c0[i]);
+                            if (e != Epilogue::none) v += static_cast<float>(bias[i % n]);
+                            if (e == Epilogue::relu_bias) v = std::max(v, 0.0);
+                            expected[i] = v;
+                        }
+                    }
+                    // Strided copies into device buffers, `shift` elements in.
+                    std::vector<T> a_s(shift + a_rows * lda), b_s(shift + b_rows * ldb), c_s(shift + m * ldc);
+                    for (std::size_t r = 0; r < a_rows; ++r)
+                        for (std::size_t c = 0; c < a_cols; ++c) a_s[shift + r * lda + c] = a[r * a_cols + c];
+                    for (std::size_t r = 0; r < b_rows; ++r)
+                        for (std::size_t c = 0; c < b_cols; ++c) b_s[shift + r * ldb + c] = b[r * b_cols + c];
+                    for (std::size_t r = 0; r < m; ++r)
+                        for (std::size_t c = 0; c < n; ++c) c_s[shift + r * ldc + c] = c0[r * n + c];
+                    std::vector<T> bias_s(shift + n);
+                    for (std::size_t j = 0; j < n; ++j) bias_s[shift + j] = bias[j];
+                    const auto d_a = to_device(a_s), d_b = to_device(b_s), d_bias = to_device(bias_s);
+                    auto d_c = to_device(c_s);
+                    gemm(op_a, op_b, m, n, k, 1.0f, d_a.data() + shift, lda, d_b.data() + shift, ldb, beta,
+                         d_c.data() + shift, ldc, nullptr, e, e == Epilogue::none ? nullptr : d_bias.data() + shift);
+                    const auto got = to_host(d_c);
+                    double worst = 0;
+                    for (std::size_t r = 0; r < m; ++r)
+                        for (std::size_t c = 0; c < n; ++c)
+                            worst = std::max(worst, relative(static_cast<float>(got[shift + r * ldc + c]),
+                                                             expected[r * n + c], 1.0));
+                    INFO("padded " << padded << ", op_a " << int(op_a) << ", op_b " << int(op_b) << ", epilogue "
+                                   << int(e));
+                    CHECK(worst < tolerance);
+                }
+    CHECK(gemm.cached_plans() == 24);
 }
 
 }  // namespace
@@ -217,29 +251,31 @@ TEST_CASE("layer kernels give the host's results of the same shared math") {
     ds::cuda::col2im<C, H, W, K>(d_col.data(), d_back.data(), batch, nullptr);
     CHECK(to_host(d_col) == col);
     CHECK(to_host(d_back) == back);
-    // Max pooling forward and backward, with a NaN in one window.
-    auto xn = x;
+    // Max pooling forward and backward on 27 × 27 (the last row and column are in no
+    // window: their gradient is 0), with a NaN in one window.
+    constexpr std::size_t PH = 27, PW = 27;
+    auto xn = random_values<float>(batch * C * PH * PW, 25);
     xn[777] = NAN;
-    constexpr std::size_t OH = H / S, OW = W / S;
-    std::vector<float> y(batch * C * OH * OW), dx(x.size(), 0.0f);
+    constexpr std::size_t OH = PH / S, OW = PW / S;
+    std::vector<float> y(batch * C * OH * OW), dx(xn.size(), 0.0f);
     std::vector<std::uint8_t> at(y.size());
     for (std::size_t plane = 0; plane < batch * C; ++plane)
         for (std::size_t oy = 0; oy < OH; ++oy)
             for (std::size_t ox = 0; ox < OW; ++ox) {
-                const auto best = ds::nn::math::window_max<S>(xn.data() + plane * H * W + oy * S * W + ox * S, W);
+                const auto best = ds::nn::math::window_max<S>(xn.data() + plane * PH * PW + oy * S * PW + ox * S, PW);
                 y[(plane * OH + oy) * OW + ox] = best.value;
                 at[(plane * OH + oy) * OW + ox] = best.at;
             }
     const auto dy = random_values<float>(y.size(), 22);
     for (std::size_t o = 0; o < y.size(); ++o) {
         const std::size_t plane = o / (OH * OW), oy = o / OW % OH, ox = o % OW;
-        dx[plane * H * W + (oy * S + at[o] / S) * W + ox * S + at[o] % S] = dy[o];
+        dx[plane * PH * PW + (oy * S + at[o] / S) * PW + ox * S + at[o] % S] = dy[o];
     }
     const auto d_xn = to_device(xn), d_dy = to_device(dy);
     ds::cuda::DeviceBuffer<float> d_y(y.size()), d_dx(dx.size());
     ds::cuda::DeviceBuffer<std::uint8_t> d_at(at.size());
-    ds::cuda::max_pool_forward<C, H, W, S>(d_xn.data(), d_y.data(), d_at.data(), batch, nullptr);
-    ds::cuda::max_pool_backward<C, H, W, S>(d_dy.data(), d_at.data(), d_dx.data(), batch, nullptr);
+    ds::cuda::max_pool_forward<C, PH, PW, S>(d_xn.data(), d_y.data(), d_at.data(), batch, nullptr);
+    ds::cuda::max_pool_backward<C, PH, PW, S>(d_dy.data(), d_at.data(), d_dx.data(), batch, nullptr);
     const auto got_y = to_host(d_y);
     std::size_t wrong = 0;
     for (std::size_t i = 0; i < y.size(); ++i) wrong += !(got_y[i] == y[i] || (std::isnan(got_y[i]) && std::isnan(y[i])));
@@ -306,11 +342,7 @@ TEST_CASE("the caching allocator reuses freed blocks; failures are CudaError wit
 }  // TEST_SUITE
 
 int main(int argc, char** argv) {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-        std::printf("skipped: no CUDA device\n");
-        return 77;
-    }
+    if (const int code = device_or_skip()) return code;
     doctest::Context context(argc, argv);
     return context.run();
 }

@@ -10,6 +10,8 @@
 
 #include <doctest/doctest.h>
 
+#include "device_or_skip.hpp"
+
 #include <ds/comm/nccl.hpp>
 #include <ds/device/cuda/memory.hpp>
 
@@ -76,11 +78,7 @@ TEST_CASE("NCCL, one rank: every collective of the concept, sub-groups, counters
 }  // TEST_SUITE
 
 int main(int argc, char** argv) {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-        std::printf("skipped: no CUDA device\n");
-        return 77;
-    }
+    if (const int code = device_or_skip()) return code;
     doctest::Context context(argc, argv);
     return context.run();
 }

@@ -12,9 +12,9 @@
 #include <ds/numeric/bf16.hpp>
 #include <ds/numeric/half.hpp>
 
-namespace {
+#include "device_or_skip.hpp"
 
-constexpr int skip_code = 77;
+namespace {
 
 struct Results {
     std::uint16_t ours_half, ours_bf16, hardware_half, hardware_bf16;
@@ -40,11 +40,7 @@ bool check(cudaError_t e, const char* what) {
 }  // namespace
 
 int main() {
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-        std::printf("skipped: no CUDA device\n");
-        return skip_code;
-    }
+    if (const int code = device_or_skip()) return code;
     std::vector<std::uint32_t> inputs;
     for (std::uint64_t u = 0; u < (1ull << 32); u += 4093) inputs.push_back(static_cast<std::uint32_t>(u));
     for (std::uint32_t p = 0; p < 65536; ++p) {  // every half and bf16 value, widened

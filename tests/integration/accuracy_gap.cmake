@@ -2,6 +2,8 @@
 # WORK_DIR/<name>.json) and requires every run's test accuracy within MAX_GAP_X100
 # hundredths of a point of the first run's (the reference, same seed).
 
+include(${CMAKE_CURRENT_LIST_DIR}/metrics.cmake)
+
 # CMake's math is integer-only: "86.79" -> 8679.
 function(to_hundredths value out)
   string(REGEX MATCH "^([0-9]+)(\\.([0-9]*))?" _ "${value}")
@@ -19,13 +21,7 @@ endfunction()
 file(MAKE_DIRECTORY "${WORK_DIR}")
 list(GET RUNS 0 reference)
 foreach(run IN LISTS RUNS)
-  set(metrics "${WORK_DIR}/${run}.json")
-  file(REMOVE "${metrics}")
-  execute_process(COMMAND ${${run}} --metrics-json "${metrics}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "${run}: exit code ${rc}:\n${out}\n${err}")
-  endif()
-  file(READ "${metrics}" json)
+  run_for_metrics("${run}" "${WORK_DIR}/${run}.json" json ${${run}})
   string(JSON accuracy_${run} GET "${json}" test_accuracy)
   string(JSON skipped GET "${json}" skipped_steps)
   string(JSON ranks GET "${json}" world_size)

@@ -3,20 +3,16 @@
 # differs; bf16/fp16: to 2e-2, the ranks round partial gradients to 2 bytes before the
 # reduction) and the communication the ZeRO paper predicts per step.
 #   MPIRUN (;-list with flags), NP, BIN_DIR, WORK_DIR, DTYPE (default fp32)
+include(${CMAKE_CURRENT_LIST_DIR}/metrics.cmake)
 if(NOT DTYPE)
   set(DTYPE fp32)
 endif()
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 foreach(stage 0 1 2 3)
-  set(metrics "${WORK_DIR}/stage${stage}.json")
-  execute_process(COMMAND ${MPIRUN} -np ${NP} "${BIN_DIR}/cifar10_${DTYPE}_zero${stage}" --dataset synthetic --no-shuffle
-                          --max-steps 60 --log-interval 20 --threads 1 --metrics-json "${metrics}"
-                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "stage ${stage} on ${NP} ranks failed (${rc}):\n${out}\n${err}")
-  endif()
-  file(READ "${metrics}" json)
+  run_for_metrics("stage ${stage} on ${NP} ranks" "${WORK_DIR}/stage${stage}.json" json
+                  ${MPIRUN} -np ${NP} "${BIN_DIR}/cifar10_${DTYPE}_zero${stage}" --dataset synthetic --no-shuffle
+                  --max-steps 60 --log-interval 20 --threads 1)
   string(JSON loss${stage} GET "${json}" final_loss)
   string(JSON world GET "${json}" world_size)
   string(JSON psi GET "${json}" padded_params)

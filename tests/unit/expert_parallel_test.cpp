@@ -71,18 +71,24 @@ void check_layer(int ranks, int ep, MoESettings settings) {
     struct Result {
         std::vector<float> y, dw;
     };
+    // Rank r runs batch − r tokens (ranks need not agree on the batch), then the same
+    // tokens again in eval mode (eval_capacity_factor).
     const auto run = [&](int rank, ds::comm::ExpertExchange* group) {
         Net net(batch);
         MoESettings s = settings;
         s.ep_size = group ? group->size() : 1;
         net.configure_moe(s, group);
-        const auto x = uniform(batch * M, 100 + static_cast<std::uint64_t>(rank));
-        auto dy = uniform(batch * M, 200 + static_cast<std::uint64_t>(rank));
+        const std::size_t b = batch - static_cast<std::size_t>(rank);
+        const auto x = uniform(b * M, 100 + static_cast<std::uint64_t>(rank));
+        auto dy = uniform(b * M, 200 + static_cast<std::uint64_t>(rank));
         Result r;
-        const float* y = net.forward(x.data(), batch, params.data());
-        r.y.assign(y, y + batch * M);
+        const float* y = net.forward(x.data(), b, params.data());
+        r.y.assign(y, y + b * M);
         r.dw.assign(Net::param_count, 0.0f);
         net.backward(dy.data(), params.data(), r.dw.data());
+        net.set_training(false);
+        const float* y_eval = net.forward(x.data(), b, params.data());
+        r.y.insert(r.y.end(), y_eval, y_eval + b * M);
         return r;
     };
     std::vector<Result> local(static_cast<std::size_t>(ranks));
@@ -216,10 +222,13 @@ TEST_CASE_TEMPLATE("expert parallelism: engines at ZeRO stages 0-2 train alike w
 
 TEST_CASE("expert parallelism: an MoE layer over ep ranks computes what it computes with every expert local") {
     const MoESettings top1{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};
-    const MoESettings top2{.k = 2, .min_capacity = 1};
+    const MoESettings top2{.k = 2, .eval_capacity_factor = 2.0, .min_capacity = 1};
+    const MoESettings no_drop{.k = 1, .min_capacity = 0, .drop_tokens = false};
     SUBCASE("top-1, experts [2, 4], ep 2 on 2 ranks") { check_layer<MoEMlp::standard, 2, 4>(2, 2, top1); }
     SUBCASE("top-2 PR-MoE, experts [2, 4], ep 2 on 4 ranks (two groups)") { check_layer<MoEMlp::residual, 2, 4>(4, 2, top2); }
     SUBCASE("top-1, experts [4, 4], ep 4 on 4 ranks") { check_layer<MoEMlp::standard, 4, 4>(4, 4, top1); }
+    SUBCASE("top-1, experts [8], ep 2 on 2 ranks: 4 local experts") { check_layer<MoEMlp::standard, 8>(2, 2, top1); }
+    SUBCASE("top-1 without dropping, experts [8], ep 2 on 4 ranks") { check_layer<MoEMlp::standard, 8>(4, 2, no_drop); }
 }
 
 }  // TEST_SUITE

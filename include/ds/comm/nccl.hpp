@@ -8,8 +8,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -42,7 +44,28 @@ constexpr ncclDataType_t nccl_type() {
     else static_assert(sizeof(T) == 0, "ds::comm::Nccl: no NCCL type for this element type");
 }
 
-inline ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::sum ? ncclSum : ncclMax; }
+inline ncclRedOp_t nccl_op(ReduceOp op) {
+    switch (op) {
+        case ReduceOp::sum: return ncclSum;
+        case ReduceOp::max: return ncclMax;
+    }
+    return ncclSum;  // unreachable: every ReduceOp is handled above
+}
+
+/// ncclGroupStart … ncclGroupEnd, closed on unwind too (an open group breaks every later call).
+class NcclGroup {
+public:
+    NcclGroup() { nccl_check(ncclGroupStart(), "ncclGroupStart()", __FILE__, __LINE__); }
+    ~NcclGroup() noexcept(false) {
+        const ncclResult_t status = ncclGroupEnd();
+        if (std::uncaught_exceptions() == entered_) nccl_check(status, "ncclGroupEnd()", __FILE__, __LINE__);
+    }
+    NcclGroup(const NcclGroup&) = delete;
+    NcclGroup& operator=(const NcclGroup&) = delete;
+
+private:
+    int entered_ = std::uncaught_exceptions();
+};
 
 }  // namespace detail
 
@@ -65,6 +88,11 @@ private:
 /// One NCCL rank: `ncclCommInitRank` with a unique id that rank 0 made and every rank
 /// received (over MPI, see `Nccl::over`), on the device already selected with
 /// `cudaSetDevice` (by convention `local_rank % device_count`). Sub-groups by `ncclCommSplit`.
+///
+/// Ordering: each collective first makes the communication stream wait for what the
+/// producer stream (`set_producer`, the legacy default stream unless set) has enqueued, so
+/// it reads buffers that kernel or copy has finished writing; consumers wait for the
+/// returned request (`wait()` on the host, `make_wait(stream)` on a stream).
 class Nccl {
 public:
     /// Joins the NCCL world `id` as rank `rank` of `size`.
@@ -91,6 +119,8 @@ public:
 
     int rank() const { return state_->rank; }
     int size() const { return state_->size; }
+    /// The stream whose work the collectives wait for (the compute stream).
+    void set_producer(cudaStream_t stream) { state_->producer = stream; }
     const CommCounters& counters() const { return state_->counters; }
     /// The stream the collectives run on.
     cudaStream_t stream() const { return state_->stream; }
@@ -119,6 +149,7 @@ public:
     template <class T>
     void broadcast(T* buf, std::size_t n, int root) {
         state_->counters.add(Op::broadcast, n);
+        after_producer();
         DS_NCCL_CHECK(ncclBroadcast(buf, buf, n, detail::nccl_type<T>(), root, state_->comm, state_->stream));
         synchronize();
     }
@@ -126,13 +157,15 @@ public:
     template <class T>
     void all_to_all(const T* in, T* out, std::size_t n) {
         state_->counters.add(Op::all_to_all, n * static_cast<std::size_t>(size()));
-        DS_NCCL_CHECK(ncclGroupStart());
-        for (int r = 0; r < size(); ++r) {
-            const std::size_t at = static_cast<std::size_t>(r) * n;
-            DS_NCCL_CHECK(ncclSend(in + at, n, detail::nccl_type<T>(), r, state_->comm, state_->stream));
-            DS_NCCL_CHECK(ncclRecv(out + at, n, detail::nccl_type<T>(), r, state_->comm, state_->stream));
+        after_producer();
+        {
+            const detail::NcclGroup group;
+            for (int r = 0; r < size(); ++r) {
+                const std::size_t at = static_cast<std::size_t>(r) * n;
+                DS_NCCL_CHECK(ncclSend(in + at, n, detail::nccl_type<T>(), r, state_->comm, state_->stream));
+                DS_NCCL_CHECK(ncclRecv(out + at, n, detail::nccl_type<T>(), r, state_->comm, state_->stream));
+            }
         }
-        DS_NCCL_CHECK(ncclGroupEnd());
         synchronize();
     }
     void barrier() {
@@ -140,6 +173,7 @@ public:
             state_->flag = cuda::DeviceBuffer<std::int32_t>(1);
             DS_CUDA_CHECK(cudaMemsetAsync(state_->flag.data(), 0, sizeof(std::int32_t), state_->stream));
         }
+        after_producer();
         DS_NCCL_CHECK(ncclAllReduce(state_->flag.data(), state_->flag.data(), 1, ncclInt32, ncclSum, state_->comm,
                                     state_->stream));
         synchronize();
@@ -151,12 +185,14 @@ public:
         DS_NCCL_CHECK(ncclCommSplit(state_->comm, color, key, &sub->comm, nullptr));
         DS_NCCL_CHECK(ncclCommCount(sub->comm, &sub->size));
         DS_NCCL_CHECK(ncclCommUserRank(sub->comm, &sub->rank));
+        sub->producer = state_->producer;
         return Nccl(std::move(sub));
     }
 
     template <class T>
     NcclRequest all_reduce_async(T* buf, std::size_t n, ReduceOp op) {
         state_->counters.add(Op::all_reduce, 2 * n);
+        after_producer();
         DS_NCCL_CHECK(ncclAllReduce(buf, buf, n, detail::nccl_type<T>(), detail::nccl_op(op), state_->comm,
                                     state_->stream));
         return NcclRequest(state_->stream);
@@ -164,6 +200,7 @@ public:
     template <class T>
     NcclRequest reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
         state_->counters.add(Op::reduce_scatter, n * static_cast<std::size_t>(size()));
+        after_producer();
         DS_NCCL_CHECK(ncclReduceScatter(in, out, n, detail::nccl_type<T>(), detail::nccl_op(op), state_->comm,
                                         state_->stream));
         return NcclRequest(state_->stream);
@@ -171,23 +208,29 @@ public:
     /// Uneven blocks: one `ncclReduce` to each owner, grouped into one launch.
     template <class T>
     NcclRequest reduce_scatter_v_async(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        if (counts.size() != static_cast<std::size_t>(size()))
+            throw std::invalid_argument("Nccl::reduce_scatter_v: " + std::to_string(counts.size()) + " counts for " +
+                                        std::to_string(size()) + " ranks");
         std::size_t total = 0, at = 0;
         for (std::size_t c : counts) total += c;
         state_->counters.add(Op::reduce_scatter, total);
-        DS_NCCL_CHECK(ncclGroupStart());
-        for (int r = 0; r < size(); ++r) {
-            const std::size_t n = counts[static_cast<std::size_t>(r)];
-            if (n > 0)
-                DS_NCCL_CHECK(ncclReduce(in + at, r == rank() ? out : nullptr, n, detail::nccl_type<T>(),
-                                         detail::nccl_op(op), r, state_->comm, state_->stream));
-            at += n;
+        after_producer();
+        {
+            const detail::NcclGroup group;
+            for (int r = 0; r < size(); ++r) {
+                const std::size_t n = counts[static_cast<std::size_t>(r)];
+                if (n > 0)  // the receive buffer is read only on the root
+                    DS_NCCL_CHECK(ncclReduce(in + at, r == rank() ? out : nullptr, n, detail::nccl_type<T>(),
+                                             detail::nccl_op(op), r, state_->comm, state_->stream));
+                at += n;
+            }
         }
-        DS_NCCL_CHECK(ncclGroupEnd());
         return NcclRequest(state_->stream);
     }
     template <class T>
     NcclRequest all_gather_async(const T* in, T* out, std::size_t n) {
         state_->counters.add(Op::all_gather, n * static_cast<std::size_t>(size()));
+        after_producer();
         DS_NCCL_CHECK(ncclAllGather(in, out, n, detail::nccl_type<T>(), state_->comm, state_->stream));
         return NcclRequest(state_->stream);
     }
@@ -199,12 +242,19 @@ private:
         CommCounters counters;
         cuda::Stream stream_owner;
         cudaStream_t stream = stream_owner.get();
+        cudaStream_t producer = nullptr;  ///< the legacy default stream unless set
+        cuda::Event produced;
         cuda::DeviceBuffer<std::int32_t> flag;  ///< what `barrier` all-reduces
         ~State() {
             if (comm) ncclCommDestroy(comm);
         }
     };
     explicit Nccl(std::unique_ptr<State> state) : state_(std::move(state)) {}
+    /// The communication stream waits for the producer's work so far.
+    void after_producer() {
+        state_->produced.record(state_->producer);
+        state_->produced.make_wait(state_->stream);
+    }
     void synchronize() {
         const CommTimer timer(state_->counters.seconds);
         DS_CUDA_CHECK(cudaStreamSynchronize(state_->stream));

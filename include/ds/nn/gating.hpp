@@ -114,7 +114,8 @@ inline double aux_loss(const std::vector<float>& gates, const std::vector<std::i
 /// logits plus Gumbel noise with `NoisyGate::rsample`); an expert over capacity keeps a
 /// random subset of its tokens (`use_rts`, also in eval), else its first tokens. The kept
 /// tokens fill slots 0, 1, ... in token order; the weight is the raw softmax probability.
-/// `drop_tokens = false` makes the capacity the largest count (caller: MAX over the EP group).
+/// `drop_tokens = false` makes the capacity the largest count (DeepSpeed then takes the MAX over
+/// the EP group; dspp's MoE sizes its all-to-all blocks for the micro batch instead).
 inline Routing top1_gating(std::span<const float> logits, std::size_t experts, double capacity_factor,
                            std::size_t min_capacity, NoisyGate noise, bool drop_tokens, bool use_rts, Rng& rng) {
     detail::check_logits(logits, experts);

@@ -42,7 +42,11 @@ struct MoESettings {
     bool use_rts = true;
     bool second_expert_sampling = true;  ///< top-2's Gumbel noise on the second choice
     std::uint64_t seed = 0x6d6f65;       ///< the gates' noise and token selection
-    int ep_size = 1;  ///< ranks each layer's experts are split over (num_experts / ep_size per rank)
+    /// Ranks each layer's experts are split over: each runs num_experts / ep_size of them on
+    /// the tokens of its group. Then every forward and backward is collective over the group
+    /// (every rank must run them, in the same order). It splits the experts' compute, not
+    /// their parameters: each rank still stores every expert (see `MoE`).
+    int ep_size = 1;
 };
 
 /// Where an MoE forward's time goes, accumulated in seconds: DeepSpeed's `gate`,
@@ -179,7 +183,7 @@ struct MoE {
             for (auto* b : {&work_, &work2_, &scaled_, &d_mlp_, &mlp_dx_, &gate_dx_}) b->resize(max_batch * M);
             dz_.resize(max_batch * 2);
             d_weight_.resize(max_batch * 2);
-            size_exchange();
+            resize_exchange_buffers();
         }
 
         /// PyTorch's defaults: one draw of the expert for every expert and the shared MLP;
@@ -225,7 +229,7 @@ struct MoE {
             settings_ = settings;
             group_ = ep > 1 ? group : nullptr;
             rng_ = Rng(settings.seed);
-            size_exchange();
+            resize_exchange_buffers();
         }
         const MoESettings& settings() const { return settings_; }
 
@@ -316,7 +320,7 @@ struct MoE {
         /// Sizes what depends on the settings: the all-to-all blocks hold the largest
         /// capacity any batch up to the micro batch can have (training or eval), so every
         /// rank sends the same block size whatever its batch.
-        void size_exchange() {
+        void resize_exchange_buffers() {
             std::size_t widest = 0;
             for (std::size_t i = 0; i < layers; ++i) {
                 LayerState& l = state_[i];
@@ -425,6 +429,9 @@ struct MoE {
             // all-to-all takes each rank's blocks to the ranks that hold those experts.
             for (std::size_t e = 0; e < E; ++e) {
                 const Queue& q = l.queues[e];
+                if (q.tokens.size() > B)  // the capacity bound resize_exchange_buffers() sized the blocks for
+                    throw std::logic_error("MoE: " + std::to_string(q.tokens.size()) + " tokens for expert " +
+                                           std::to_string(e) + " exceed the all-to-all block of " + std::to_string(B));
                 l.sent[e] = static_cast<std::int32_t>(q.tokens.size());
                 for (std::size_t c = 0; c < q.tokens.size(); ++c)
                     std::copy_n(x + q.tokens[c] * M, M, outbox_.data() + (e * B + c) * M);

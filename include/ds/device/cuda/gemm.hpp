@@ -38,6 +38,8 @@ enum class Op { none, transpose };
 enum class Epilogue { none, bias, relu_bias };
 
 /// Row-major C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C (+ epilogue), on a stream.
+/// One `Gemm` per stream and host thread: its workspace and cached descriptors are reused by
+/// every call, so two streams sharing one would race on them.
 ///
 /// cuBLASLt is column-major; a row-major product is the column-major product of the
 /// transposes, Cᵀ = op(B)ᵀ · op(A)ᵀ, so B is passed first and m and n swap. fp32 operands

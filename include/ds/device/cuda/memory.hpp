@@ -25,8 +25,10 @@ namespace ds::cuda {
 ///
 /// A block freed here may still be read by kernels already enqueued. Reuse is safe in
 /// stream order: buffers are freed and reallocated for the compute stream, and a buffer a
-/// second stream uses is freed only after an event shows that stream is done with it.
-/// One allocator per device; thread-safe (the communication thread allocates too).
+/// second stream uses is freed only after an event shows that stream is done with it
+/// (the allocator records no streams, unlike PyTorch's `record_stream`).
+/// One allocator per device (the device current when `current()` is called: a thread
+/// that allocates must have called `cudaSetDevice`); thread-safe.
 class CachingAllocator {
 public:
     static constexpr std::size_t granularity = 512;
@@ -115,17 +117,25 @@ private:
     std::size_t allocated_bytes_ = 0, cached_bytes_ = 0;
 };
 
-/// `n` values of T in device memory from the current device's caching allocator.
+/// `n` values of T in device memory from the current device's caching allocator, given
+/// back to that same allocator whichever device is current when it is freed. Copies run on
+/// the stream given (the legacy default stream if none, which a non-blocking `Stream` does
+/// not wait for: pass the stream that uses the buffer).
 template <class T>
 class DeviceBuffer {
 public:
     DeviceBuffer() = default;
     explicit DeviceBuffer(std::size_t n)
-        : data_(static_cast<T*>(CachingAllocator::current().allocate(n * sizeof(T)))), size_(n) {}
-    ~DeviceBuffer() { CachingAllocator::current().deallocate(data_); }
+        : allocator_(&CachingAllocator::current()), data_(static_cast<T*>(allocator_->allocate(n * sizeof(T)))),
+          size_(n) {}
+    ~DeviceBuffer() {
+        if (data_) allocator_->deallocate(data_);
+    }
     DeviceBuffer(DeviceBuffer&& other) noexcept
-        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+        : allocator_(other.allocator_), data_(std::exchange(other.data_, nullptr)),
+          size_(std::exchange(other.size_, 0)) {}
     DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+        std::swap(allocator_, other.allocator_);
         std::swap(data_, other.data_);
         std::swap(size_, other.size_);
         return *this;
@@ -157,6 +167,7 @@ private:
                                         std::to_string(size_));
     }
 
+    CachingAllocator* allocator_ = nullptr;
     T* data_ = nullptr;
     std::size_t size_ = 0;
 };

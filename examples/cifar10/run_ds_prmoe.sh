@@ -6,12 +6,12 @@
 set -euo pipefail
 NUM_GPUS=2
 EP_SIZE=2
-NUM_EXPERTS="2 4"
+NUM_EXPERTS=(2 4)
 exec "$(dirname "$0")/run_ds.sh" -n "$NUM_GPUS" \
   --log-interval 100 \
   --moe \
   --ep-world-size "$EP_SIZE" \
-  --num-experts $NUM_EXPERTS \
+  --num-experts "${NUM_EXPERTS[@]}" \
   --mlp-type residual \
   --top-k 1 \
   --noisy-gate-policy RSample \

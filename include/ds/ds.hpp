@@ -2,7 +2,8 @@
 /// @file
 /// The whole public API of dspp. Parts that need MPI, OpenBLAS or zlib are included
 /// when their headers are on the include path. The CUDA backend (ds/device/cuda/,
-/// ds/comm/nccl.hpp) is included by name: its headers bring CUDA's global `half`.
+/// ds/comm/nccl.hpp, ds/comm/cuda_mpi.hpp) is included by name: its headers bring
+/// CUDA's global `half`.
 
 #include <ds/comm/communicator.hpp>
 #include <ds/comm/distributed.hpp>

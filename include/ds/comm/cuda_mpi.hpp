@@ -1,0 +1,138 @@
+#pragma once
+/// @file
+/// `ds::comm::CudaMpi`: the communicator concept for device buffers over MPI, staging
+/// through pinned host memory. NCCL refuses two ranks on one GPU; this lets tests run 2 or 4
+/// GPU ranks on a single card (and runs where NCCL is absent). Every collective copies its
+/// input to the host, runs the MPI collective there and copies the result back, so it is
+/// slow and blocking: the `_async` forms complete before returning.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <utility>
+
+#include <cuda_runtime_api.h>
+
+#include <ds/comm/communicator.hpp>
+#include <ds/comm/mpi.hpp>
+#include <ds/device/cuda/error.hpp>
+
+namespace ds::comm {
+
+/// Device-buffer collectives over an `Mpi` communicator. The copies run on `stream`
+/// (`set_stream`; the legacy default stream unless set), after the work already on it.
+class CudaMpi : public EagerAsync<CudaMpi> {
+public:
+    explicit CudaMpi(Mpi mpi = Mpi{}) : mpi_(std::move(mpi)) {}
+    CudaMpi(CudaMpi&& other) noexcept
+        : mpi_(std::move(other.mpi_)), stream_(other.stream_), send_(std::move(other.send_)),
+          receive_(std::move(other.receive_)) {}
+    CudaMpi& operator=(CudaMpi&&) = delete;
+    CudaMpi(const CudaMpi&) = delete;
+    CudaMpi& operator=(const CudaMpi&) = delete;
+
+    int rank() const { return mpi_.rank(); }
+    int size() const { return mpi_.size(); }
+    const CommCounters& counters() const { return mpi_.counters(); }
+    void set_stream(cudaStream_t stream) { stream_ = stream; }
+
+    template <class T>
+    void all_reduce(T* buf, std::size_t n, ReduceOp op) {
+        T* host = to_host(send_, buf, n);
+        mpi_.all_reduce(host, n, op);
+        to_device(buf, host, n);
+    }
+    template <class T>
+    void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
+        const T* host = to_host(send_, in, n * static_cast<std::size_t>(size()));
+        T* result = receive_.as<T>(n);
+        mpi_.reduce_scatter(host, result, n, op);
+        to_device(out, result, n);
+    }
+    template <class T>
+    void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
+        std::size_t total = 0;
+        for (std::size_t c : counts) total += c;
+        const std::size_t mine = counts[static_cast<std::size_t>(rank())];
+        const T* host = to_host(send_, in, total);
+        T* result = receive_.as<T>(mine);
+        mpi_.reduce_scatter_v(host, result, counts, op);
+        to_device(out, result, mine);
+    }
+    template <class T>
+    void all_gather(const T* in, T* out, std::size_t n) {
+        const T* host = to_host(send_, in, n);
+        T* result = receive_.as<T>(n * static_cast<std::size_t>(size()));
+        mpi_.all_gather(host, result, n);
+        to_device(out, result, n * static_cast<std::size_t>(size()));
+    }
+    template <class T>
+    void broadcast(T* buf, std::size_t n, int root) {
+        T* host = to_host(send_, buf, n);
+        mpi_.broadcast(host, n, root);
+        to_device(buf, host, n);
+    }
+    template <class T>
+    void all_to_all(const T* in, T* out, std::size_t n) {
+        const std::size_t total = n * static_cast<std::size_t>(size());
+        const T* host = to_host(send_, in, total);
+        T* result = receive_.as<T>(total);
+        mpi_.all_to_all(host, result, n);
+        to_device(out, result, total);
+    }
+    void barrier() { mpi_.barrier(); }
+    CudaMpi split(int color, int key) {
+        CudaMpi sub(mpi_.split(color, key));
+        sub.stream_ = stream_;
+        return sub;
+    }
+
+private:
+    /// Pinned host memory that grows to the largest transfer (page-locked: the copies run
+    /// at full bus speed and can be asynchronous).
+    class Pinned {
+    public:
+        Pinned() = default;
+        Pinned(Pinned&& other) noexcept
+            : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+        Pinned& operator=(Pinned&&) = delete;
+        ~Pinned() {
+            if (data_) cudaFreeHost(data_);
+        }
+        template <class T>
+        T* as(std::size_t n) {
+            if (n * sizeof(T) > bytes_) {
+                if (data_) DS_CUDA_CHECK(cudaFreeHost(data_));
+                data_ = nullptr;
+                DS_CUDA_CHECK(cudaMallocHost(&data_, n * sizeof(T)));
+                bytes_ = n * sizeof(T);
+            }
+            return static_cast<T*>(data_);
+        }
+
+    private:
+        void* data_ = nullptr;
+        std::size_t bytes_ = 0;
+    };
+
+    template <class T>
+    T* to_host(Pinned& staging, const T* device, std::size_t n) {
+        T* host = staging.as<T>(n);
+        DS_CUDA_CHECK(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_));
+        DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        return host;
+    }
+    template <class T>
+    void to_device(T* device, const T* host, std::size_t n) {
+        DS_CUDA_CHECK(cudaMemcpyAsync(device, host, n * sizeof(T), cudaMemcpyHostToDevice, stream_));
+        DS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the staging buffer is reused next call
+    }
+
+    Mpi mpi_;
+    cudaStream_t stream_ = nullptr;
+    Pinned send_, receive_;
+};
+
+static_assert(communicator<CudaMpi>);
+
+}  // namespace ds::comm

@@ -192,13 +192,13 @@ void check_engines_agree(int ranks, int ep, MoESettings settings) {
         INFO("ZeRO stage " << Stage << ", rank " << r << " of " << ranks << ", ep_size " << ep);
         const EngineRun &a = dense[r], &b = split[r];
         REQUIRE(a.gradient.size() == b.gradient.size());
-        std::size_t experts_nonzero = 0;
+        std::size_t nonzero = 0;
         double worst = 0;
         for (std::size_t i = 0; i < a.gradient.size(); ++i) {
             worst = std::max(worst, relative(b.gradient[i], a.gradient[i]));
-            experts_nonzero += a.gradient[i] != 0.0f;
+            nonzero += a.gradient[i] != 0.0f;
         }
-        CHECK(experts_nonzero > 0);
+        CHECK(nonzero > 0);
         CHECK(worst < 1e-5);
         for (std::size_t s = 0; s < a.norms.size(); ++s) CHECK(relative(b.norms[s], a.norms[s]) < 1e-5);
         worst = 0;

@@ -44,27 +44,20 @@ public:
     }
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
-        const T* host = to_host(send_, in, n * static_cast<std::size_t>(size()));
-        T* result = receive_.as<T>(n);
-        mpi_.reduce_scatter(host, result, n, op);
-        to_device(out, result, n);
+        staged(in, n * static_cast<std::size_t>(size()), out, n,
+               [&](const T* host, T* result) { mpi_.reduce_scatter(host, result, n, op); });
     }
     template <class T>
     void reduce_scatter_v(const T* in, T* out, std::span<const std::size_t> counts, ReduceOp op) {
         std::size_t total = 0;
         for (std::size_t c : counts) total += c;
-        const std::size_t mine = counts[static_cast<std::size_t>(rank())];
-        const T* host = to_host(send_, in, total);
-        T* result = receive_.as<T>(mine);
-        mpi_.reduce_scatter_v(host, result, counts, op);
-        to_device(out, result, mine);
+        staged(in, total, out, counts[static_cast<std::size_t>(rank())],
+               [&](const T* host, T* result) { mpi_.reduce_scatter_v(host, result, counts, op); });
     }
     template <class T>
     void all_gather(const T* in, T* out, std::size_t n) {
-        const T* host = to_host(send_, in, n);
-        T* result = receive_.as<T>(n * static_cast<std::size_t>(size()));
-        mpi_.all_gather(host, result, n);
-        to_device(out, result, n * static_cast<std::size_t>(size()));
+        staged(in, n, out, n * static_cast<std::size_t>(size()),
+               [&](const T* host, T* result) { mpi_.all_gather(host, result, n); });
     }
     template <class T>
     void broadcast(T* buf, std::size_t n, int root) {
@@ -75,10 +68,7 @@ public:
     template <class T>
     void all_to_all(const T* in, T* out, std::size_t n) {
         const std::size_t total = n * static_cast<std::size_t>(size());
-        const T* host = to_host(send_, in, total);
-        T* result = receive_.as<T>(total);
-        mpi_.all_to_all(host, result, n);
-        to_device(out, result, total);
+        staged(in, total, out, total, [&](const T* host, T* result) { mpi_.all_to_all(host, result, n); });
     }
     void barrier() { mpi_.barrier(); }
     CudaMpi split(int color, int key) {
@@ -121,6 +111,14 @@ private:
         DS_CUDA_CHECK(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_));
         DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
         return host;
+    }
+    /// in_n device values to the host, `collective(host_in, host_out)`, out_n values back.
+    template <class T, class Collective>
+    void staged(const T* in, std::size_t in_n, T* out, std::size_t out_n, Collective&& collective) {
+        const T* host = to_host(send_, in, in_n);
+        T* result = receive_.as<T>(out_n);
+        collective(host, result);
+        to_device(out, result, out_n);
     }
     template <class T>
     void to_device(T* device, const T* host, std::size_t n) {

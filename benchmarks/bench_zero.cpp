@@ -33,12 +33,13 @@ using WideMlp = Sequential<Features<1024>, Named<"fc1", Linear<1024, 4096>>, ReL
 /// One training step of `Model` at ZeRO `Stage` in precision `P`; the async collectives
 /// progress through MPI (`Progress::library`) or a communication thread; `Overlap` is
 /// `overlap_comm` (stage 2's in-flight reductions, stage 3's prefetch).
-/// An MoE model's experts are split over `Ep` ranks (DeepSpeed's top-1, RSample).
+/// An MoE model's experts are split over `Model::expert_parallel_size` ranks (DeepSpeed's
+/// top-1, RSample).
 template <class Model, int Stage, class P = ds::FP32, ds::comm::Progress Mode = ds::comm::Progress::library,
-          bool Overlap = true, int Ep = 1>
+          bool Overlap = true>
 void zero_step(benchmark::State& state) {
     using Engine = ds::Engine<Model, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi>;
-    if (ds::comm::init_distributed().world_size % Ep != 0) {
+    if (ds::comm::init_distributed().world_size % static_cast<int>(Model::expert_parallel_size) != 0) {
         state.SkipWithError("the expert parallel size must divide the number of ranks");
         return;
     }
@@ -55,7 +56,7 @@ void zero_step(benchmark::State& state) {
     if constexpr (P::scales_loss) cfg.fp16.loss_scale = 1024;  // static: every step does the same work
     Engine engine(cfg, ds::comm::Mpi{Mode});
     if constexpr (Model::contains_moe)
-        engine.configure_moe(ds::nn::MoESettings{.k = 1, .noisy_gate_policy = ds::nn::NoisyGate::rsample, .ep_size = Ep});
+        engine.configure_moe(ds::nn::MoESettings{.k = 1, .noisy_gate_policy = ds::nn::NoisyGate::rsample});
     const auto micro = static_cast<std::size_t>(engine.train_micro_batch_size_per_gpu());
     std::vector<float> inputs(micro * Engine::input_size);
     ds::Rng rng(static_cast<std::uint64_t>(engine.global_rank()));
@@ -128,9 +129,9 @@ BENCHMARK(zero_step<WideMlp, 3, FP32, Progress::thread>)->Arg(64)->Iterations(it
 using MoENet = cifar10::MoENet<3, 32, ds::nn::MoEMlp::standard, 2>;
 using PrMoENet = cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>;
 BENCHMARK(zero_step<MoENet, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("moe/stage0/ep1");
-BENCHMARK(zero_step<MoENet, 0, FP32, Progress::library, true, 2>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("moe/stage0/ep2");
+BENCHMARK(zero_step<MoENet::with_expert_parallel<2>, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("moe/stage0/ep2");
 BENCHMARK(zero_step<PrMoENet, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("prmoe/stage0/ep1");
-BENCHMARK(zero_step<PrMoENet, 0, FP32, Progress::library, true, 2>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("prmoe/stage0/ep2");
+BENCHMARK(zero_step<PrMoENet::with_expert_parallel<2>, 0>)->Arg(16)->Iterations(iterations_net)->UseRealTime()->Name("prmoe/stage0/ep2");
 
 namespace {
 /// Ranks other than 0 run the same benchmarks silently.

@@ -159,23 +159,28 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
         engine->configure_moe(ds::nn::MoESettings{.k = args.top_k,
                                                   .min_capacity = args.min_capacity,
                                                   .noisy_gate_policy = noise,
-                                                  .seed = static_cast<std::uint64_t>(cfg.seed),
-                                                  .ep_size = args.ep_world_size});
+                                                  .seed = static_cast<std::uint64_t>(cfg.seed)});
     }
     if (!args.init_weights.empty()) {
-        std::vector<float> weights(Net::param_count);
-        ds::io::load_weights<Net>(args.init_weights, weights);
+        std::vector<float> weights(Engine::full_model_type::param_count);  // with every expert
+        ds::io::load_weights<typename Engine::full_model_type>(args.init_weights, weights);
         engine->set_full_parameters(weights);
     }
     if (leader)
         std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
                   << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
                   << Policies::device_policy::name << ", " << engine->world_size() << " rank(s); "
-                  << Net::param_count << " parameters; micro batch " << engine->train_micro_batch_size_per_gpu()
+                  << Engine::full_model_type::param_count << " parameters";
+    if (leader && Engine::expert_parallel_size > 1)
+        std::cout << " (" << Net::param_count << " per rank: the experts split over " << Engine::expert_parallel_size
+                  << " ranks)";
+    if (leader)
+        std::cout << "; micro batch " << engine->train_micro_batch_size_per_gpu()
                   << ", gradient accumulation " << engine->gradient_accumulation_steps() << "; "
                   << data.train.size() << " training images\n";
     const ds::comm::CommCounters counters_before = engine->communicator().counters();
     const ds::comm::CommCounters experts_before = engine->expert_parallel_counters();
+    const ds::comm::CommCounters holders_before = engine->expert_data_parallel_counters();
 
     const ds::nn::CrossEntropyLoss criterion{classes};
     double running_loss = 0.0, final_loss = 0.0, unreported_loss = 0.0;
@@ -211,6 +216,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const ds::comm::CommCounters counters_after = engine->communicator().counters();
     const ds::comm::CommCounters experts_after = engine->expert_parallel_counters();
+    const ds::comm::CommCounters holders_after = engine->expert_data_parallel_counters();
     const ds::nn::MoETimings moe_time = ds::nn::moe_timings(engine->module());
     if (leader && Net::contains_moe && cfg.wall_clock_breakdown)
         std::printf("moe time (s, training, rank 0): gate %.3f | first all-to-all %.3f | second all-to-all %.3f\n",
@@ -223,8 +229,9 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
                     images * static_cast<std::size_t>(engine->world_size()),
                     static_cast<long long>(engine->world_size()), seconds, images_per_sec);
     }
-    const auto weights = engine->full_parameters();  // collective at stage 3
-    if (!args.save_weights.empty() && leader) ds::io::save_weights<Net>(args.save_weights, weights);
+    const auto weights = engine->full_parameters();  // collective at stage 3 and with expert parallelism
+    if (!args.save_weights.empty() && leader)
+        ds::io::save_weights<typename Engine::full_model_type>(args.save_weights, weights);
 
     // Test: every test image, in batches of 4 as the Python example's testloader (fewer if the
     // micro batch is smaller). The batch matters for MoE: it sets the experts' capacity.
@@ -265,7 +272,8 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
         for (std::size_t op = 0; op < ds::comm::op_names.size(); ++op)
             comm_per_step[std::string(ds::comm::op_names[op])] =
                 static_cast<double>(counters_after.elements[op] - counters_before.elements[op] +
-                                    experts_after.elements[op] - experts_before.elements[op]) /
+                                    experts_after.elements[op] - experts_before.elements[op] +
+                                    holders_after.elements[op] - holders_before.elements[op]) /
                 steps;
         nlohmann::ordered_json metrics{
             {"final_loss", final_loss},
@@ -275,7 +283,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
             {"skipped_steps", engine->skipped_steps()},
             {"loss_scale", engine->loss_scale()},
             {"images_per_sec", images_per_sec},
-            {"params", Net::param_count},
+            {"params", Engine::full_model_type::param_count},
             {"world_size", engine->world_size()},
             {"dtype", std::string(binary_dtype)},
             {"zero_stage", binary_stage},
@@ -309,10 +317,19 @@ int train(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, 
     } else {
         using ds::nn::MoEMlp;
         const bool residual = args.mlp_type == "residual";
+        // --ep-world-size sets how many experts each rank holds: a type, like the expert list.
+        const auto with_ep = [&]<class Net>() {
+            if (args.ep_world_size == 1) return train_and_test<Net>(args, cfg, data, std::move(comm));
+            if (args.ep_world_size == 2)
+                return train_and_test<typename Net::template with_expert_parallel<2>>(args, cfg, data, std::move(comm));
+            throw std::invalid_argument("--ep-world-size " + std::to_string(args.ep_world_size) +
+                                        ": this binary is built for 1 and 2 (run_ds_moe.sh uses 2); other sizes are "
+                                        "instantiated in examples/cifar10/cifar10.cpp's train()");
+        };
         if (args.num_experts == std::vector<int>{2} && !residual)
-            return train_and_test<cifar10::MoENet<C, Side, MoEMlp::standard, 2>>(args, cfg, data, std::move(comm));
+            return with_ep.template operator()<cifar10::MoENet<C, Side, MoEMlp::standard, 2>>();
         if (args.num_experts == std::vector<int>{2, 4} && residual)
-            return train_and_test<cifar10::MoENet<C, Side, MoEMlp::residual, 2, 4>>(args, cfg, data, std::move(comm));
+            return with_ep.template operator()<cifar10::MoENet<C, Side, MoEMlp::residual, 2, 4>>();
         std::ostringstream message;
         message << "--num-experts";
         for (int n : args.num_experts) message << ' ' << n;

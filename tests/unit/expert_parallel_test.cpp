@@ -2,7 +2,8 @@
 // what it computes with every expert local (outputs, input gradients, and the expert
 // gradients summed over the ranks), and engines at ZeRO stages 0-2 train alike with
 // ep_size 1 and 2: averaged gradients, global norms and parameters — the divisor rule of
-// SPEC §10 (expert gradients summed over the expert-data-parallel group ÷ the world size).
+// SPEC §10 (expert gradients summed over the expert-data-parallel group ÷ the world size) —
+// while each rank holds, reduces and partitions only its own experts.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -41,29 +42,20 @@ std::vector<float> uniform(std::size_t n, std::uint64_t seed, float scale = 1.0f
     return v;
 }
 
-/// The MoE layer and expert a parameter tensor belongs to ("moe.i.deepspeed_moe.experts.
-/// deepspeed_experts.e.weight"), or −1 for the others.
-struct ExpertOf {
-    int layer = -1, expert = -1;
-};
-ExpertOf expert_of(std::string_view name) {
-    constexpr std::string_view tag = ".deepspeed_moe.experts.deepspeed_experts.";
-    const auto at = name.find(tag);
-    if (at == std::string_view::npos) return {};
-    return {std::stoi(std::string(name.substr(4))), std::stoi(std::string(name.substr(at + tag.size())))};
-}
-
 /// Relative error, with a floor (1e-2, as the ZeRO tests) for values that cancel to near zero.
 double relative(double got, double expected, double floor = 1e-2) {
     return std::abs(got - expected) / std::max(std::abs(expected), floor);
 }
 
-/// One forward and backward of the MoE layer on each of `ranks` ranks (rank r's own tokens
-/// and output gradient): all experts local versus split over `ep` ranks.
-template <MoEMlp Mlp, std::size_t... Experts>
-void check_layer(int ranks, int ep, MoESettings settings) {
+/// One forward and backward of the MoE layers on each of `ranks` ranks (rank r's own tokens
+/// and output gradient): all experts local versus split over `Ep` ranks.
+template <std::size_t Ep, MoEMlp Mlp, std::size_t... Experts>
+void check_layer(int ranks, MoESettings settings) {
     using Net = Layer<Mlp, Experts...>;
-    auto params = uniform(Net::param_count, 5, 0.5f);
+    using Split = typename Net::template with_expert_parallel<Ep>;
+    static_assert(Split::dense_param_count == Net::dense_param_count &&
+                  Split::expert_param_count * Ep == Net::expert_param_count);
+    auto params = uniform(Net::param_count, 5, 0.5f);  // different experts, so a wrong dispatch shows
     for (const auto& p : Net::parameters)  // larger gates: routing is decisive, tokens get dropped
         if (p.name().find("gate.wg") != std::string_view::npos)
             for (std::size_t i = 0; i < p.numel(); ++i) params[p.offset + i] *= 4.0f;
@@ -73,56 +65,58 @@ void check_layer(int ranks, int ep, MoESettings settings) {
     };
     // Rank r runs batch − r tokens (ranks need not agree on the batch), then the same
     // tokens again in eval mode (eval_capacity_factor).
-    const auto run = [&](int rank, ds::comm::ExpertExchange* group) {
-        Net net(batch);
-        MoESettings s = settings;
-        s.ep_size = group ? group->size() : 1;
-        net.configure_moe(s, group);
+    const auto run = [&]<class N>(N& net, int rank, const std::vector<float>& w) {
+        net.configure_moe(settings);
         const std::size_t b = batch - static_cast<std::size_t>(rank);
         const auto x = uniform(b * M, 100 + static_cast<std::uint64_t>(rank));
         auto dy = uniform(b * M, 200 + static_cast<std::uint64_t>(rank));
         Result r;
-        const float* y = net.forward(x.data(), b, params.data());
+        const float* y = net.forward(x.data(), b, w.data());
         r.y.assign(y, y + b * M);
-        r.dw.assign(Net::param_count, 0.0f);
-        net.backward(dy.data(), params.data(), r.dw.data());
+        r.dw.assign(N::param_count, 0.0f);
+        net.backward(dy.data(), w.data(), r.dw.data());
         net.set_training(false);
-        const float* y_eval = net.forward(x.data(), b, params.data());
+        const float* y_eval = net.forward(x.data(), b, w.data());
         r.y.insert(r.y.end(), y_eval, y_eval + b * M);
         return r;
     };
     std::vector<Result> local(static_cast<std::size_t>(ranks));
-    for (int r = 0; r < ranks; ++r) local[static_cast<std::size_t>(r)] = run(r, nullptr);
+    for (int r = 0; r < ranks; ++r) {
+        Net net(batch);
+        local[static_cast<std::size_t>(r)] = run(net, r, params);
+    }
 
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& world) {
-        ds::comm::ExpertParallelGroup<ds::comm::Threads> group(world, ep);
-        const Result got = run(world.rank(), &group);
+        ds::comm::ExpertParallelGroup<ds::comm::Threads> group(world, static_cast<int>(Ep));
+        const auto rho = static_cast<std::size_t>(group.rank());
+        std::vector<float> mine(Split::param_count);  // the dense values and this EP rank's experts
+        for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = params[Split::global_offset(i, rho)];
+        Split net(batch);
+        net.set_expert_parallel_group(&group);
+        const Result got = run(net, world.rank(), mine);
         const Result& want = local[static_cast<std::size_t>(world.rank())];
-        INFO("rank " << world.rank() << " of " << ranks << ", ep_size " << ep);
+        INFO("rank " << world.rank() << " of " << ranks << ", ep_size " << Ep);
         double worst = 0;
         for (std::size_t i = 0; i < got.y.size(); ++i) worst = std::max(worst, relative(got.y[i], want.y[i]));
         CHECK(worst < 1e-5);  // the experts' GEMMs run on other row counts: float rounding differs
-        // Expert e's gradient lives on EP rank e / (E/ep) only, as the sum over that rank's
-        // EP group; everything else is this rank's own.
-        const int first_in_group = world.rank() / ep * ep;
-        constexpr std::array<std::size_t, sizeof...(Experts)> experts{Experts...};
-        for (const auto& p : Net::parameters) {
-            const auto [layer, e] = expert_of(p.name());
-            INFO(p.name());
-            if (e < 0) {  // the first Linear's gradient checks the MoE layers' input gradient
-                for (std::size_t i = 0; i < p.numel(); ++i)
-                    CHECK(relative(got.dw[p.offset + i], want.dw[p.offset + i]) < 1e-5);
-                continue;
-            }
-            const int owner = e / static_cast<int>(experts[static_cast<std::size_t>(layer)] / static_cast<std::size_t>(ep));
-            for (std::size_t i = 0; i < p.numel(); ++i) {
-                double expected = 0;
-                if (owner == world.rank() % ep)
-                    for (int r = first_in_group; r < first_in_group + ep; ++r)
-                        expected += local[static_cast<std::size_t>(r)].dw[p.offset + i];
-                CHECK(relative(got.dw[p.offset + i], expected) < 1e-5);
+        // A dense gradient (the first Linear's checks the MoE layers' input gradient) is this
+        // rank's own; a local expert's is the sum over the ranks of its EP group.
+        const int first_in_group = world.rank() / static_cast<int>(Ep) * static_cast<int>(Ep);
+        double dense = 0, experts = 0;
+        for (std::size_t i = 0; i < Split::param_count; ++i) {
+            const std::size_t at = Split::global_offset(i, rho);
+            double expected = 0;
+            if (i < Split::dense_param_count) {
+                expected = want.dw[at];
+                dense = std::max(dense, relative(got.dw[i], expected));
+            } else {
+                for (int r = first_in_group; r < first_in_group + static_cast<int>(Ep); ++r)
+                    expected += local[static_cast<std::size_t>(r)].dw[at];
+                experts = std::max(experts, relative(got.dw[i], expected));
             }
         }
+        CHECK(dense < 1e-5);
+        CHECK(experts < 1e-5);
         // The all-to-alls: tokens there and back in the forward, gradients in the backward,
         // each the whole [E, C, M] buffer per layer, plus the row counts.
         CHECK(group.counters()[ds::comm::Op::all_to_all] > 0);
@@ -135,17 +129,59 @@ template <MoEMlp Mlp, std::size_t... Experts>
 using EngineNet = cifar10::MoENet<1, 16, Mlp, Experts...>;
 constexpr std::size_t image = 256, micro = 8;
 
-/// What an engine run leaves to compare: the gradient summed over the ranks after the
-/// first backward (stages 0-1 hold each rank's own, stage 2 this rank's averaged shard),
-/// the global norm of every step and the parameters after the last.
+/// What an engine run leaves to compare: the averaged gradient of the first step, the global
+/// norm of every step and the parameters after the last (both with every expert, in the
+/// ep_size 1 layout), the bytes it held, and what the world communicator moved.
 struct EngineRun {
     std::vector<float> gradient;
     std::vector<double> norms;
     std::vector<float> params;
+    ds::MemoryReport memory;
+    std::uint64_t world_all_reduce = 0;
 };
 
+/// The first backward's gradient averaged over the ranks (DeepSpeed's rule: dense values
+/// over the world; an expert's summed over its expert-data-parallel group ÷ the world),
+/// assembled from the engine's buffers: the raw full buffers at stages 0-1 (each group
+/// padded at 1), the reduced shards at stage 2 ([dense shard | expert shard]).
+template <int Stage, class Net, class Engine>
+std::vector<float> averaged_gradient(Engine& engine, ds::comm::Threads& world) {
+    constexpr std::size_t ep = Net::expert_parallel_size, dense = Net::dense_param_count, n = Net::expert_param_count;
+    const auto ranks = static_cast<std::size_t>(world.size());
+    const std::size_t rho = static_cast<std::size_t>(world.rank()) % ep;
+    ds::comm::Threads holders = world.split(static_cast<int>(rho), world.rank());  // the same experts
+    ds::comm::Threads group = world.split(world.rank() / static_cast<int>(ep), world.rank());  // EP group
+    const auto g = engine.gradients();
+    std::vector<float> d(dense), x(n);
+    if constexpr (Stage < 2) {
+        const std::size_t experts_at = Stage == 1 ? ds::FlatPartition(dense, ranks).padded : dense;
+        std::copy_n(g.begin(), dense, d.begin());
+        std::copy_n(g.begin() + static_cast<std::ptrdiff_t>(experts_at), n, x.begin());
+        world.all_reduce(d.data(), dense, ds::comm::ReduceOp::sum);
+        holders.all_reduce(x.data(), n, ds::comm::ReduceOp::sum);
+        for (auto* v : {&d, &x})
+            for (float& e : *v) e /= static_cast<float>(ranks);
+    } else {
+        const ds::FlatPartition fd(dense, ranks), fx(n, static_cast<std::size_t>(holders.size()));
+        std::vector<float> dp(fd.padded), xp(fx.padded);
+        world.all_gather(g.data(), dp.data(), fd.shard);
+        holders.all_gather(g.data() + fd.shard, xp.data(), fx.shard);
+        std::copy_n(dp.begin(), dense, d.begin());
+        std::copy_n(xp.begin(), n, x.begin());
+    }
+    std::vector<float> all(Net::template with_expert_parallel<1>::param_count, 0.0f);
+    std::copy(d.begin(), d.end(), all.begin());
+    for (std::size_t i = 0; i < n; ++i) all[Net::global_offset(dense + i, rho)] = x[i];
+    if constexpr (ep > 1) {  // the other EP ranks' experts
+        std::vector<float> experts(all.begin() + dense, all.end());
+        group.all_reduce(experts.data(), experts.size(), ds::comm::ReduceOp::sum);
+        std::copy(experts.begin(), experts.end(), all.begin() + dense);
+    }
+    return all;
+}
+
 template <int Stage, class Net>
-EngineRun run_engine(ds::comm::Threads& comm, int ep, MoESettings settings, int steps) {
+EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps) {
     ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(micro) * comm.size(),
                    .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.05, .momentum = 0.9}},
                    .gradient_clipping = 1.0,
@@ -153,57 +189,78 @@ EngineRun run_engine(ds::comm::Threads& comm, int ep, MoESettings settings, int 
                    .seed = 7};
     cfg.zero_optimization.stage = Stage;
     ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
-    settings.ep_size = ep;
     engine.configure_moe(settings);
     const auto data = ds::data::make_synthetic(micro * static_cast<std::size_t>(comm.size() * steps), 1, 16, 16, 10, 9);
     std::vector<float> x(micro * image);
     std::vector<std::int32_t> labels(micro);
     EngineRun run;
+    const auto before = engine.communicator().counters()[ds::comm::Op::all_reduce];
     for (int step = 0; step < steps; ++step) {
         const std::size_t first = (static_cast<std::size_t>(step * comm.size()) + static_cast<std::size_t>(comm.rank())) * micro;
         for (std::size_t j = 0; j < micro; ++j) labels[j] = data.get(first + j, x.data() + j * image);
         const auto out = engine.forward(x);
         engine.backward(ds::nn::CrossEntropyLoss{10}(out, labels));
-        if (step == 0) {
-            const auto g = engine.gradients();
-            run.gradient.assign(g.begin(), g.end());
-            if (Stage < 2) comm.all_reduce(run.gradient.data(), run.gradient.size(), ds::comm::ReduceOp::sum);
+        if (step == 0) {  // its own communicators: the engine's counters stay the engine's
+            ds::comm::Threads world = comm.split(0, comm.rank());
+            run.gradient = averaged_gradient<Stage, Net>(engine, world);
         }
         engine.step();
         run.norms.push_back(engine.get_global_grad_norm());
     }
+    run.world_all_reduce = engine.communicator().counters()[ds::comm::Op::all_reduce] - before;
+    run.memory = engine.memory_report();
     run.params = engine.full_parameters();
     return run;
 }
 
-/// The acceptance check of expert parallelism: on `ranks` ranks, ep_size `ep` gives the
-/// gradients, norms and trained parameters that ep_size 1 gives, at ZeRO stage `Stage`.
-template <int Stage, class Net>
-void check_engines_agree(int ranks, int ep, MoESettings settings) {
+/// The acceptance check of expert parallelism: on `ranks` ranks, the Net with its experts
+/// split over `Ep` ranks gives the averaged gradients, norms and trained parameters that the
+/// Net with every expert on every rank gives, at ZeRO stage `Stage` — and holds only its
+/// experts, whose gradients never cross the world communicator.
+template <int Stage, std::size_t Ep, class Net>
+void check_engines_agree(int ranks, MoESettings settings) {
+    using Split = typename Net::template with_expert_parallel<Ep>;
     constexpr int steps = 3;
     std::vector<EngineRun> dense(static_cast<std::size_t>(ranks)), split(static_cast<std::size_t>(ranks));
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
-        dense[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Net>(comm, 1, settings, steps);
+        dense[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Net>(comm, settings, steps);
     });
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
-        split[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Net>(comm, ep, settings, steps);
+        split[static_cast<std::size_t>(comm.rank())] = run_engine<Stage, Split>(comm, settings, steps);
     });
     for (std::size_t r = 0; r < static_cast<std::size_t>(ranks); ++r) {
-        INFO("ZeRO stage " << Stage << ", rank " << r << " of " << ranks << ", ep_size " << ep);
+        INFO("ZeRO stage " << Stage << ", rank " << r << " of " << ranks << ", ep_size " << Ep);
         const EngineRun &a = dense[r], &b = split[r];
         REQUIRE(a.gradient.size() == b.gradient.size());
         std::size_t nonzero = 0;
         double worst = 0;
         for (std::size_t i = 0; i < a.gradient.size(); ++i) {
             worst = std::max(worst, relative(b.gradient[i], a.gradient[i]));
-            nonzero += a.gradient[i] != 0.0f;
+            nonzero += i >= Net::dense_param_count && a.gradient[i] != 0.0f;
         }
-        CHECK(nonzero > 0);
+        CHECK(nonzero > 0);  // the experts learn
         CHECK(worst < 1e-5);
         for (std::size_t s = 0; s < a.norms.size(); ++s) CHECK(relative(b.norms[s], a.norms[s]) < 1e-5);
         worst = 0;
         for (std::size_t i = 0; i < a.params.size(); ++i) worst = std::max(worst, relative(b.params[i], a.params[i]));
         CHECK(worst < 1e-5);
+        // Memory: this rank's experts only. Stage 0 keeps full parameters, gradients and
+        // states of both groups; stages 1-2 partition the experts over their holders.
+        const std::size_t ranks_n = static_cast<std::size_t>(ranks), holders = ranks_n / Ep;
+        const std::size_t d = Split::dense_param_count, e = Split::expert_param_count;
+        if constexpr (Stage == 0) {
+            CHECK(b.memory.parameters == 4 * (d + e));
+            CHECK(b.memory.optimizer_states == 4 * (d + e));
+            CHECK(a.memory.parameters == 4 * Net::param_count);
+            // The world all-reduces (2n elements each, the ring's count) the dense gradient and
+            // one norm term; experts stay within their holders.
+            CHECK(b.world_all_reduce == 2 * steps * (d + (holders < ranks_n ? 1 : 0)));
+            CHECK(a.world_all_reduce == 2 * steps * Net::param_count);
+        } else {
+            const std::size_t shard = ds::FlatPartition(d, ranks_n).shard + ds::FlatPartition(e, holders).shard;
+            CHECK(b.memory.optimizer_states == 4 * shard);
+            CHECK(b.memory.parameters == 4 * (ds::FlatPartition(d, ranks_n).padded + ds::FlatPartition(e, holders).padded));
+        }
     }
 }
 
@@ -214,21 +271,50 @@ TEST_SUITE("moe") {
 TEST_CASE_TEMPLATE("expert parallelism: engines at ZeRO stages 0-2 train alike with ep_size 1 and ep_size > 1", Stage,
                    std::integral_constant<int, 0>, std::integral_constant<int, 1>, std::integral_constant<int, 2>) {
     const MoESettings example{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};
-    check_engines_agree<Stage::value, EngineNet<MoEMlp::standard, 2>>(2, 2, example);
-    check_engines_agree<Stage::value, EngineNet<MoEMlp::residual, 2, 4>>(4, 2, example);
-    check_engines_agree<Stage::value, EngineNet<MoEMlp::residual, 2, 4>>(2, 2, MoESettings{.k = 2, .min_capacity = 1});
+    check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::standard, 2>>(2, example);
+    check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::residual, 2, 4>>(4, example);
+    check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::residual, 2, 4>>(2, MoESettings{.k = 2, .min_capacity = 1});
 }
 
+TEST_CASE("expert parallelism: full parameters in the ep_size 1 layout, there and back; ep must divide the world") {
+    using Net = EngineNet<MoEMlp::residual, 2, 4>;
+    using Split = Net::with_expert_parallel<2>;
+    ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
+        ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(micro) * comm.size(),
+                       .optimizer = {.type = ds::OptimizerType::Adam},
+                       .seed = 3};
+        cfg.zero_optimization.stage = 1;
+        cfg.bf16.enabled = true;
+        ds::Engine<Split, ds::Adam<>, ds::Zero<1>, ds::BF16, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
+        auto values = uniform(Net::param_count, 11);
+        engine.set_full_parameters(values);
+        const auto back = engine.full_parameters();
+        REQUIRE(back.size() == values.size());
+        CHECK(back == values);  // the fp32 master weights: exact
+        CHECK_THROWS_WITH(engine.set_full_parameters(std::vector<float>(Split::param_count)),
+                          doctest::Contains("parameters"));
+    });
+    ds::comm::run_ranks(3, [&](ds::comm::Threads& comm) {
+        ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(micro) * comm.size()};
+        using E = ds::Engine<Split, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cpu, ds::comm::Threads>;
+        CHECK_THROWS_WITH(E(cfg, comm), doctest::Contains("does not divide the world size 3"));
+    });
+}
 
 TEST_CASE("expert parallelism: an MoE layer over ep ranks computes what it computes with every expert local") {
     const MoESettings top1{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};
     const MoESettings top2{.k = 2, .eval_capacity_factor = 2.0, .min_capacity = 1};
     const MoESettings no_drop{.k = 1, .min_capacity = 0, .drop_tokens = false};
-    SUBCASE("top-1, experts [2, 4], ep 2 on 2 ranks") { check_layer<MoEMlp::standard, 2, 4>(2, 2, top1); }
-    SUBCASE("top-2 PR-MoE, experts [2, 4], ep 2 on 4 ranks (two groups)") { check_layer<MoEMlp::residual, 2, 4>(4, 2, top2); }
-    SUBCASE("top-1, experts [4, 4], ep 4 on 4 ranks") { check_layer<MoEMlp::standard, 4, 4>(4, 4, top1); }
-    SUBCASE("top-1, experts [8], ep 2 on 2 ranks: 4 local experts") { check_layer<MoEMlp::standard, 8>(2, 2, top1); }
-    SUBCASE("top-1 without dropping, experts [8], ep 2 on 4 ranks") { check_layer<MoEMlp::standard, 8>(4, 2, no_drop); }
+    SUBCASE("top-1, experts [2, 4], ep 2 on 2 ranks") { check_layer<2, MoEMlp::standard, 2, 4>(2, top1); }
+    SUBCASE("top-2 PR-MoE, experts [2, 4], ep 2 on 4 ranks (two groups)") { check_layer<2, MoEMlp::residual, 2, 4>(4, top2); }
+    SUBCASE("top-1, experts [4, 4], ep 4 on 4 ranks") { check_layer<4, MoEMlp::standard, 4, 4>(4, top1); }
+    SUBCASE("top-1, experts [8], ep 2 on 2 ranks: 4 local experts") { check_layer<2, MoEMlp::standard, 8>(2, top1); }
+    SUBCASE("top-1 without dropping, experts [8], ep 2 on 4 ranks") { check_layer<2, MoEMlp::standard, 8>(4, no_drop); }
+    SUBCASE("a layer without its group refuses to run") {
+        Layer<MoEMlp::standard, 2>::with_expert_parallel<2> net(batch);
+        std::vector<float> w(decltype(net)::param_count), x(batch * M);
+        CHECK_THROWS_WITH(net.forward(x.data(), batch, w.data()), doctest::Contains("no expert-parallel group"));
+    }
 }
 
 }  // TEST_SUITE

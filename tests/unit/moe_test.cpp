@@ -72,23 +72,28 @@ std::vector<float> random_input(std::size_t batch, std::uint64_t seed) {
 
 TEST_SUITE("moe") {
 
-TEST_CASE("PR-MoE [2, 3] has DeepSpeed's parameter names, in PyTorch's order, with the MLP shared") {
+TEST_CASE("PR-MoE [2, 3] has DeepSpeed's parameter names, in PyTorch's order per group, with the MLP shared") {
     using N = Net<1>;
     std::vector<std::string> names;
     for (const auto& p : N::parameters) names.emplace_back(p.name());
+    // The dense group (gates, the shared MLP, coefficients), then the expert group, as
+    // split_params_into_different_moe_groups_for_optimizer appends it.
     const std::vector<std::string> expected{
-        "moe.0.deepspeed_moe.gate.wg.weight",
+        "moe.0.deepspeed_moe.gate.wg.weight", "moe.0.mlp.weight", "moe.0.mlp.bias", "moe.0.coefficient.weight",
+        "moe.0.coefficient.bias", "moe.1.deepspeed_moe.gate.wg.weight", "moe.1.coefficient.weight",
+        "moe.1.coefficient.bias",
         "moe.0.deepspeed_moe.experts.deepspeed_experts.0.weight", "moe.0.deepspeed_moe.experts.deepspeed_experts.0.bias",
         "moe.0.deepspeed_moe.experts.deepspeed_experts.1.weight", "moe.0.deepspeed_moe.experts.deepspeed_experts.1.bias",
-        "moe.0.mlp.weight", "moe.0.mlp.bias", "moe.0.coefficient.weight", "moe.0.coefficient.bias",
-        "moe.1.deepspeed_moe.gate.wg.weight",
         "moe.1.deepspeed_moe.experts.deepspeed_experts.0.weight", "moe.1.deepspeed_moe.experts.deepspeed_experts.0.bias",
         "moe.1.deepspeed_moe.experts.deepspeed_experts.1.weight", "moe.1.deepspeed_moe.experts.deepspeed_experts.1.bias",
-        "moe.1.deepspeed_moe.experts.deepspeed_experts.2.weight", "moe.1.deepspeed_moe.experts.deepspeed_experts.2.bias",
-        "moe.1.coefficient.weight", "moe.1.coefficient.bias"};
+        "moe.1.deepspeed_moe.experts.deepspeed_experts.2.weight", "moe.1.deepspeed_moe.experts.deepspeed_experts.2.bias"};
     CHECK(names == expected);
     constexpr std::size_t expert = M * M + M;
+    static_assert(N::dense_param_count == (2 * M + expert + 2 * M + 2) + (3 * M + 2 * M + 2));
+    static_assert(N::expert_param_count == 5 * expert && N::expert_parallel_size == 1);
     static_assert(N::param_count == (2 * M + 2 * expert + expert + 2 * M + 2) + (3 * M + 3 * expert + 2 * M + 2));
+    for (const auto& p : N::parameters)  // the expert group starts after the last dense tensor
+        CHECK((p.offset >= N::dense_param_count) == (p.name().find("experts") != std::string_view::npos));
     // Every expert (and the MLP) starts as the same draw, like DeepSpeed's deep copies.
     std::vector<float> p(N::param_count);
     ds::Rng rng(4);

@@ -78,13 +78,24 @@ C expert_parallel_group(C& world, int ep_size) {
     return world.split(world.rank() / ep_size, world.rank());
 }
 
+/// The expert-data-parallel group of this rank: the ranks holding the same experts,
+/// {j, j + ep, j + 2·ep, ...}. Collective over `world`.
+/// @throws std::invalid_argument unless the world size is a multiple of ep_size
+template <communicator C>
+C expert_data_parallel_group(C& world, int ep_size) {
+    if (ep_size < 1 || world.size() % ep_size != 0)
+        throw std::invalid_argument("expert parallel size " + std::to_string(ep_size) +
+                                    " does not divide the world size " + std::to_string(world.size()));
+    return world.split(world.rank() % ep_size, world.rank());
+}
+
 /// Splits `world` into expert-parallel groups of `ep_size` consecutive ranks and the
 /// strided expert-data-parallel groups across them. Collective over `world`.
 /// @throws std::invalid_argument unless the world size is a multiple of ep_size
 template <communicator C>
 ExpertGroups<C> expert_groups(C& world, int ep_size) {
     C blocked = expert_parallel_group(world, ep_size);
-    C strided = world.split(world.rank() % ep_size, world.rank());
+    C strided = expert_data_parallel_group(world, ep_size);
     return {std::move(blocked), std::move(strided)};
 }
 

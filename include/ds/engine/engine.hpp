@@ -84,6 +84,12 @@ public:
     using policies = Policies<Opt, Z, P, D>;
     using optimizer_type = FlatOptimizer<Opt>;
     using communicator_type = Comm;
+    /// The model with every expert, as one rank without expert parallelism holds it: the
+    /// layout of `full_parameters()` (the model itself when it has no experts split).
+    using full_model_type = typename Model::template with_expert_parallel<1>;
+    /// Ranks each MoE layer's experts are split over (DeepSpeed's ep_size; 1 without MoE).
+    static constexpr std::size_t expert_parallel_size = Model::expert_parallel_size;
+    /// Ψ on this rank: the dense values and this rank's experts.
     static constexpr std::size_t param_count = Model::param_count;
     static constexpr std::size_t input_size = Model::input_shape::size;
     static constexpr std::size_t output_size = Model::output_shape::size;
@@ -91,15 +97,23 @@ public:
     /// Validates `cfg` for this world size and these policies, then builds the model with
     /// PyTorch's initialisation seeded by `cfg.seed`, broadcast from rank 0 (DeepSpeed).
     /// @throws ConfigError naming the broken rule or the policy the config contradicts
+    ///
+    /// A model whose experts are split over ep ranks (`expert_parallel_size` > 1) also gets
+    /// DeepSpeed's expert groups here, collectively: blocked expert-parallel groups of ep
+    /// ranks, over which its MoE layers exchange tokens, and the strided expert-data-parallel
+    /// groups its experts' gradients are reduced over.
+    /// @throws std::invalid_argument when ep does not divide the world size
     explicit Engine(const Config& cfg, Comm comm = Comm{})
         : comm_(std::move(comm)),
           cfg_(validated(cfg, comm_.size())),
           batch_(batch_sizes(cfg_, comm_.size())),
+          expert_parallel_(make_expert_parallel_group(comm_)),
+          expert_data_parallel_(make_expert_data_parallel_group(comm_)),
           model_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu)),
-          zero_(comm_, cfg_, initial_parameters(comm_, cfg_)),
+          zero_(comm_, expert_data_parallel_ ? *expert_data_parallel_ : comm_, cfg_, initial_parameters(comm_, cfg_)),
           scaler_(make_scaler(cfg_)),
           optimizer_(cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
-                     zero_.shard_params().size()),
+                     zero_.optimizer_elements()),
           scheduler_(cfg_.scheduler, optimizer_.hyper().lr, beta1_of(optimizer_.hyper())),
           input_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * input_size),
           scaled_grad_output_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * output_size) {
@@ -108,10 +122,12 @@ public:
             grad_output_.resize(scaled_grad_output_.size());
         }
         if constexpr (Z::partitions_optimizer_states) {
-            tensors_.push_back({0, zero_.shard_params().size()});  // a partition is one tensor (SPEC §2.2)
+            std::size_t at = 0;  // a group's partition is one tensor (SPEC §2.2)
+            for (const auto& part : zero_.shard_parts()) tensors_.push_back({at, part.count}), at += part.count;
         } else {
             for (const auto& p : Model::parameters) tensors_.push_back({p.offset, p.numel()});
         }
+        if constexpr (Model::contains_moe) model_.set_expert_parallel_group(expert_parallel_.get());
     }
 
     Engine(const Engine&) = delete;
@@ -227,43 +243,65 @@ public:
     std::int64_t gradient_accumulation_steps() const { return batch_.gradient_accumulation_steps; }
     const Config& config() const { return cfg_; }
 
-    /// The whole model's parameters in fp32 (Ψ values, laid out as `Model::parameters`; the
-    /// master weights in mixed precision), gathered from the ranks that partition them,
-    /// so every rank must call it at stages 1-3 in mixed precision and at stage 3.
-    std::vector<float> full_parameters() { return zero_.full_parameters(); }
-    /// Replaces the whole model's parameters; every rank passes the same values.
+    /// The whole model's parameters in fp32 (the master weights in mixed precision), laid
+    /// out as `full_model_type::parameters` — with every expert, gathered from the ranks
+    /// that hold them — so every rank must call it at stages 1-3 in mixed precision, at
+    /// stage 3, and with expert parallelism.
+    std::vector<float> full_parameters() {
+        std::vector<float> mine = zero_.full_parameters();
+        if constexpr (expert_parallel_size == 1) {
+            return mine;
+        } else {  // every EP rank's experts, to their places among all the experts
+            constexpr std::size_t ep = expert_parallel_size, dense = Model::dense_param_count,
+                                  n = Model::expert_param_count;
+            std::vector<float> send(ep * n), received(ep * n);
+            for (std::size_t rho = 0; rho < ep; ++rho) std::copy_n(mine.begin() + dense, n, send.begin() + rho * n);
+            expert_parallel_->all_to_all(send.data(), received.data(), n);
+            std::vector<float> all(full_model_type::param_count);
+            std::copy_n(mine.begin(), dense, all.begin());
+            for (std::size_t rho = 0; rho < ep; ++rho)
+                for (std::size_t i = 0; i < n; ++i) all[Model::global_offset(dense + i, rho)] = received[rho * n + i];
+            return all;
+        }
+    }
+    /// Replaces the whole model's parameters, laid out as `full_model_type::parameters`;
+    /// every rank passes the same values and keeps the experts it holds.
     void set_full_parameters(std::span<const float> values) {
-        if (values.size() != param_count)
+        if (values.size() != full_model_type::param_count)
             throw std::invalid_argument("Engine::set_full_parameters: " + std::to_string(values.size()) +
-                                        " values for " + std::to_string(param_count) + " parameters");
-        zero_.set_full_parameters(values);
+                                        " values for " + std::to_string(full_model_type::param_count) + " parameters");
+        if constexpr (expert_parallel_size == 1) {
+            zero_.set_full_parameters(values);
+        } else {
+            const auto ep_rank = static_cast<std::size_t>(expert_parallel_->rank());
+            std::vector<float> mine(param_count);
+            for (std::size_t i = 0; i < param_count; ++i) mine[i] = values[Model::global_offset(i, ep_rank)];
+            zero_.set_full_parameters(mine);
+        }
     }
     /// This rank's gradient as accumulated since the last boundary: the full buffer at
-    /// stages 0-1, this rank's averaged partition at stages 2-3.
+    /// stages 0-1 (each parameter group padded at stage 1), this rank's averaged partition
+    /// at stages 2-3 (the dense group's, then the experts').
     std::span<grad_type> gradients() {
         if constexpr (Z::partitions_gradients) return zero_.shard_grads();
         else return zero_.accumulated_gradients();
     }
-    /// Configures every MoE layer of the model with `settings` (`nn::MoESettings`). With
-    /// `ep_size > 1` it first splits the world into DeepSpeed's blocked expert-parallel
-    /// groups, over which the layers exchange tokens: collective, so every rank calls it
-    /// with the same settings.
-    /// @throws std::invalid_argument when ep_size does not divide the world size or a
-    /// layer's expert count, or the settings are out of range
+    /// Configures every MoE layer of the model with `settings` (`nn::MoESettings`); every
+    /// rank passes the same.
+    /// @throws std::invalid_argument when the settings are out of range
     template <class Settings>
         requires Model::contains_moe
     void configure_moe(const Settings& settings) {
-        comm::ExpertExchange* group = nullptr;
-        if (settings.ep_size > 1) {
-            if (!expert_group_ || expert_group_->size() != settings.ep_size)
-                expert_group_ = std::make_unique<comm::ExpertParallelGroup<Comm>>(comm_, settings.ep_size);
-            group = expert_group_.get();
-        }
-        model_.configure_moe(settings, group);
+        model_.configure_moe(settings);
     }
     /// What the MoE layers' all-to-alls have moved (none without expert parallelism).
     comm::CommCounters expert_parallel_counters() const {
-        return expert_group_ ? expert_group_->counters() : comm::CommCounters{};
+        return expert_parallel_ ? expert_parallel_->counters() : comm::CommCounters{};
+    }
+    /// What the expert gradients' reductions and gathers have moved over the
+    /// expert-data-parallel group (with ep = 1 they go over `communicator()`).
+    comm::CommCounters expert_data_parallel_counters() const {
+        return expert_data_parallel_ ? expert_data_parallel_->counters() : comm::CommCounters{};
     }
 
     optimizer_type& optimizer() { return optimizer_; }
@@ -302,8 +340,20 @@ private:
         else return scaler_type(1.0);
     }
 
+    static std::unique_ptr<comm::ExpertExchange> make_expert_parallel_group(Comm& world) {
+        if constexpr (expert_parallel_size > 1)
+            return std::make_unique<comm::ExpertParallelGroup<Comm>>(world, static_cast<int>(expert_parallel_size));
+        else return nullptr;
+    }
+    static std::optional<Comm> make_expert_data_parallel_group(Comm& world) {
+        if constexpr (expert_parallel_size > 1)
+            return comm::expert_data_parallel_group(world, static_cast<int>(expert_parallel_size));
+        else return std::nullopt;
+    }
+
     /// Every rank draws the same initial weights from the seed; rank 0's are broadcast anyway,
-    /// as DeepSpeed does, so ranks can never start apart.
+    /// as DeepSpeed does, so ranks can never start apart (every expert starts as the same
+    /// copy, so the experts of every EP rank are these too).
     static std::vector<float> initial_parameters(Comm& comm, const Config& cfg) {
         std::vector<float> initial(param_count);
         Rng rng(static_cast<std::uint64_t>(cfg.seed));
@@ -321,8 +371,9 @@ private:
             consecutive_skips_ = 0;
             std::optional<double> beta1, beta2 = scheduler_.beta2_override();
             if (beta2) beta1 = scheduler_.get_beta1();
-            optimizer_.step(zero_.shard_params().data(), zero_.shard_grads().data(), unscale_and_clip(scale),
-                            scheduler_.get_lr(), beta1, beta2, tensors_);
+            const auto parts = zero_.shard_parts();
+            optimizer_.step(std::span<const ShardPart<grad_type>>(parts), unscale_and_clip(scale), scheduler_.get_lr(),
+                            beta1, beta2, tensors_);
             zero_.publish_parameters();
             scheduler_.step();
             if constexpr (P::scales_loss) scaler_.update(false);
@@ -394,9 +445,10 @@ private:
     }
 
     Comm comm_;
-    std::unique_ptr<comm::ExpertExchange> expert_group_;  ///< MoE with ep_size > 1
     Config cfg_;
     BatchSizes batch_;
+    std::unique_ptr<comm::ExpertExchange> expert_parallel_;  ///< experts split over ep > 1 ranks: the blocked group
+    std::optional<Comm> expert_data_parallel_;              ///< ... and the strided one (else the world)
     network_type model_;
     ZeroState<Z, P, Model, Comm> zero_;
     scaler_type scaler_;

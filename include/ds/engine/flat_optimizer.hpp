@@ -19,6 +19,15 @@ struct Segment {
     std::size_t offset, count;
 };
 
+/// A run of the optimizer's partition: fp32 values and their gradients (in the
+/// accumulation dtype). A model with experts has two, one per parameter group.
+template <class G>
+struct ShardPart {
+    float* params = nullptr;
+    const G* grads = nullptr;
+    std::size_t count = 0;
+};
+
 /// The optimizer an engine returns from `ds::initialize`: hyper-parameters, the step count
 /// (equal to the number of applied steps at every stage, SPEC decisions table) and the
 /// state buffers, all over the same flat layout as the parameters.
@@ -50,20 +59,45 @@ public:
     template <storage_float G>
     void step(float* params, const G* grads, float grad_factor, double lr, std::optional<double> beta1,
               std::optional<double> beta2, std::span<const Segment> tensors) {
+        const ShardPart<G> all{params, grads, states_.elements()};
+        step(std::span<const ShardPart<G>>(&all, 1), grad_factor, lr, beta1, beta2, tensors);
+    }
+    /// The same step over parts laid end to end (the states follow their order); each of
+    /// `tensors` lies within one part, in those concatenated coordinates.
+    template <storage_float G>
+    void step(std::span<const ShardPart<G>> parts, float grad_factor, double lr, std::optional<double> beta1,
+              std::optional<double> beta2, std::span<const Segment> tensors) {
         Hyper h = hyper_;
         if constexpr (requires { h.betas; }) {
             if (beta1) h.betas[0] = *beta1;
             if (beta2) h.betas[1] = *beta2;
         }
         const auto update = Opt::update(h, lr, ++steps_);
-        float* const* states = states_.pointers();
+        std::size_t base = 0;
+        for (const ShardPart<G>& part : parts) {
+            step_part(update, part, base, grad_factor, tensors);
+            base += part.count;
+        }
+    }
+
+private:
+    /// One part, whose states start at element `base`.
+    template <class Update, class G>
+    void step_part(const Update& update, const ShardPart<G>& part, std::size_t base, float grad_factor,
+                   std::span<const Segment> tensors) {
+        float* states[Opt::state_buffers > 0 ? Opt::state_buffers : 1];
+        for (std::size_t k = 0; k < Opt::state_buffers; ++k) states[k] = states_[k] + base;
+        float* const params = part.params;
+        const G* const grads = part.grads;
         // fp32 gradients that need no factor are read in place; others through a widened block.
         bool as_given = false;
         if constexpr (std::is_same_v<G, float>) as_given = grad_factor == 1.0f;
         if constexpr (per_tensor) {
             float* scratch = states_[Opt::state_buffers];
             float* widened = states_[Opt::state_buffers + 1];
-            for (const Segment& t : tensors) {
+            for (const Segment& whole : tensors) {
+                if (whole.offset < base || whole.offset >= base + part.count) continue;
+                const Segment t{whole.offset - base, whole.count};
                 float* segment_states[Opt::state_buffers];
                 for (std::size_t k = 0; k < Opt::state_buffers; ++k) segment_states[k] = states[k] + t.offset;
                 const float* g = widened;
@@ -78,22 +112,20 @@ public:
         } else {
             if constexpr (std::is_same_v<G, float>) {
                 if (as_given) {
-                    for (std::size_t i = 0; i < states_.elements(); ++i) update(i, params, grads, states);
+                    for (std::size_t i = 0; i < part.count; ++i) update(i, params, grads, states);
                     return;
                 }
             }
-            cpu::for_each_widened<256>(grads, states_.elements(), [&](const float* block, std::size_t first,
-                                                                      std::size_t count) {
+            cpu::for_each_widened<256>(grads, part.count, [&](const float* block, std::size_t first, std::size_t count) {
                 alignas(64) float g[256];
                 for (std::size_t i = 0; i < count; ++i) g[i] = block[i] * grad_factor;
-                float* shifted[Opt::state_buffers];
+                float* shifted[Opt::state_buffers > 0 ? Opt::state_buffers : 1];
                 for (std::size_t k = 0; k < Opt::state_buffers; ++k) shifted[k] = states[k] + first;
                 for (std::size_t i = 0; i < count; ++i) update(i, params + first, g, shifted);
             });
         }
     }
 
-private:
     Hyper hyper_;
     FlatBuffers states_;
     std::int64_t steps_ = 0;

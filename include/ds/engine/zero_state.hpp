@@ -4,6 +4,7 @@
 /// collectives that keep them consistent (DESIGN: "The ZeRO stages as traits", SPEC §5-6).
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <deque>
 #include <optional>
@@ -35,10 +36,16 @@ enum class Pass { forward, backward };
 /// | 2 | full | this rank's shard only | bucketed reduce-scatter as backward finishes each layer, every micro-step |
 /// | 3 | this rank's chunk of every tensor | this rank's chunks | gather each layer before its forward and backward; reduce-scatter each layer's gradient |
 ///
-/// The optimizer sees `shard_params()` / `shard_grads()`: the whole model at stage 0, this
-/// rank's partition otherwise. Gradients are averaged over the ranks (SPEC §5.3). With
-/// `reduce_scatter: false`, stages 1-2 all-reduce instead and keep their slice; with
-/// `overlap_comm`, stage 2 keeps up to two bucket reductions in flight during backward.
+/// The optimizer sees `shard_parts()`: the whole model at stage 0, this rank's partition
+/// otherwise. Gradients are averaged over the ranks (SPEC §5.3). With `reduce_scatter:
+/// false`, stages 1-2 all-reduce instead and keep their slice; with `overlap_comm`, stage 2
+/// keeps up to two bucket reductions per group in flight during backward.
+///
+/// A model with experts (`Model::expert_param_count` > 0) has two parameter groups, as
+/// DeepSpeed splits them: the dense values, reduced and partitioned over every rank, and
+/// this rank's experts, reduced and partitioned (stages 1-2) over its expert-data-parallel
+/// group `experts` but averaged over the whole world (SPEC §10). Each group is padded and
+/// partitioned on its own; the global norm sums both.
 ///
 /// Precision `P` sets the dtypes: parameters in `P::compute_type`, gradients (accumulated,
 /// reduced and communicated) in `grad_accumulation_t<P, Z>`, and with mixed precision an
@@ -51,11 +58,18 @@ public:
     using Range = typename Model::LayerRange;
     using compute_type = typename P::compute_type;    ///< the model's parameters
     using grad_type = grad_accumulation_t<P, Z>;      ///< gradients as accumulated
+    using Part = ShardPart<grad_type>;
     static constexpr bool has_master = P::has_master_weights;
+    static constexpr bool has_experts = Model::expert_param_count > 0;
+    static constexpr std::size_t group_count = has_experts ? 2 : 1;
+    static_assert(!(has_experts && Z::partitions_parameters), "ds::ZeroState: experts are not partitioned at stage 3");
 
-    ZeroState(Comm& comm, const Config& cfg, std::span<const float> initial)
-        : comm_(comm), cfg_(cfg), rank_(static_cast<std::size_t>(comm.rank())),
-          ranks_(static_cast<std::size_t>(comm.size())), flat_(psi, ranks_), tensors_(segments(), ranks_) {
+    /// `experts` is the expert-data-parallel group (ignored without experts; `world` itself
+    /// when every rank holds every expert).
+    ZeroState(Comm& world, Comm& experts, const Config& cfg, std::span<const float> initial)
+        : comm_(world), cfg_(cfg), rank_(static_cast<std::size_t>(world.rank())),
+          ranks_(static_cast<std::size_t>(world.size())), tensors_(segments(), ranks_),
+          groups_(make_groups(world, experts)) {
         std::size_t widest = 0;
         for (const auto& r : Model::layer_ranges) widest = std::max(widest, r.count);
         if constexpr (Z::partitions_parameters) {
@@ -76,15 +90,22 @@ public:
             }
             for (auto* g : {&now_, &next_}) g->receive.resize(widest_gather);
         } else {
-            params_.assign(Z::partitions_optimizer_states ? flat_.padded : psi, compute_type{});
+            const Group& last = groups_.back();
+            params_.assign(last.storage + last.stored(), compute_type{});
             if constexpr (Z::partitions_gradients) {
-                grads_.assign(flat_.shard, grad_type{});
-                layer_grads_.resize(widest);
-                bucket_.resize(std::min<std::size_t>(static_cast<std::size_t>(cfg.zero_optimization.reduce_bucket_size),
-                                                     flat_.padded));
+                grads_.assign(last.shard_at + last.flat.shard, grad_type{});
+                const auto bucket = static_cast<std::size_t>(cfg.zero_optimization.reduce_bucket_size);
+                for (std::size_t i = 0; i < group_count; ++i) {
+                    Group& g = groups_[i];
+                    std::size_t layer = 0;
+                    for (const auto& r : i == 0 ? Model::layer_ranges : Model::expert_ranges)
+                        layer = std::max(layer, r.count);
+                    g.layer_grads.resize(layer);
+                    g.bucket.resize(std::min(bucket, g.flat.padded));
+                }
             } else {
                 grads_.assign(params_.size(), grad_type{});
-                if constexpr (Z::partitions_optimizer_states) reduced_.assign(flat_.shard, grad_type{});
+                if constexpr (Z::partitions_optimizer_states) reduced_.assign(last.shard_at + last.flat.shard, grad_type{});
             }
         }
         if constexpr (has_master) master_.assign(optimizer_elements(), 0.0f);
@@ -92,11 +113,15 @@ public:
     }
 
     /// Elements each all-gather / reduce-scatter of the whole model moves: Ψ padded as this
-    /// stage pads it (2·dp for stages 1-2, per tensor for stage 3).
+    /// stage pads it (2·dp for stages 1-2, per group; per tensor for stage 3).
     std::size_t padded_params() const {
         if constexpr (Z::partitions_parameters) return tensors_.padded;
-        else if constexpr (Z::partitions_optimizer_states) return flat_.padded;
-        else return psi;
+        else return params_.size();
+    }
+    /// Elements of the optimizer's partition on this rank (every group's).
+    std::size_t optimizer_elements() const {
+        if constexpr (Z::partitions_parameters) return tensors_.shard;
+        else return groups_.back().shard_at + groups_.back().partition();
     }
 
     // --- hooks the model calls layer by layer (see Sequential::forward/backward) ---------
@@ -109,83 +134,117 @@ public:
             gather_layer(r);
             return layer_params_.data();
         } else {
-            return params_.data() + r.offset;
+            return params_.data() + stored_at(r.offset);
         }
     }
     void forward_done(Range) {}  // stage 3: the layer buffer is reused by the next layer: freed
     grad_type* gradients(Range r) {
-        if constexpr (Z::partitions_gradients) {
+        if constexpr (Z::partitions_parameters) {
             std::fill_n(layer_grads_.begin(), r.count, grad_type{});
             return layer_grads_.data();
+        } else if constexpr (Z::partitions_gradients) {
+            Group& g = group_of(r.offset);
+            std::fill_n(g.layer_grads.begin(), r.count, grad_type{});
+            return g.layer_grads.data();
         } else {
-            return grads_.data() + r.offset;
+            return grads_.data() + stored_at(r.offset);
         }
     }
     void backward_done(Range r) {
         if constexpr (Z::partitions_parameters) reduce_layer(r);
-        else if constexpr (Z::partitions_gradients) add_to_bucket(r);
+        else if constexpr (Z::partitions_gradients) add_to_bucket(group_of(r.offset), r);
     }
 
-    /// After a backward: stage 2 reduces what is left in its bucket and completes the
+    /// After a backward: stage 2 reduces what is left in its buckets and completes the
     /// reductions still in flight.
     void backward_finished() {
         if constexpr (Z::partitions_gradients && !Z::partitions_parameters) {
-            flush_bucket();
-            while (!in_flight_.empty()) complete_oldest();
+            for (Group& g : groups_) {
+                flush_bucket(g);
+                while (!g.in_flight.empty()) complete_oldest(g);
+            }
         }
     }
 
-    /// At the accumulation boundary: make `shard_grads()` this rank's averaged gradient.
+    /// At the accumulation boundary: make the shard gradients this rank's averaged gradient.
     void reduce_gradients() {
         if constexpr (!Z::partitions_optimizer_states) {
-            all_reduce_full_gradients();
+            for (Group& g : groups_) all_reduce_full_gradients(g);
         } else if constexpr (!Z::partitions_gradients) {
-            if (cfg_.zero_optimization.reduce_scatter) {
-                cpu::scale(grads_.data(), grads_.size(), 1.0f / static_cast<float>(ranks_));  // pre-divided (SPEC §5.3)
-                comm_.reduce_scatter(grads_.data(), reduced_.data(), flat_.shard, comm::ReduceOp::sum);
-            } else {  // all-reduce everything, keep this rank's shard
-                all_reduce_full_gradients();
-                std::copy_n(grads_.begin() + static_cast<std::ptrdiff_t>(flat_.begin(rank_)), flat_.shard,
-                            reduced_.begin());
+            for (Group& g : groups_) {
+                grad_type* full = grads_.data() + g.storage;
+                if (cfg_.zero_optimization.reduce_scatter) {
+                    cpu::scale(full, g.flat.padded, 1.0f / static_cast<float>(ranks_));  // pre-divided (SPEC §5.3)
+                    g.comm->reduce_scatter(full, reduced_.data() + g.shard_at, g.flat.shard, comm::ReduceOp::sum);
+                } else {  // all-reduce everything, keep this rank's shard
+                    all_reduce_full_gradients(g);
+                    std::copy_n(full + g.flat.begin(g.rank), g.flat.shard, reduced_.begin() + static_cast<std::ptrdiff_t>(g.shard_at));
+                }
             }
         }
         // Stages 2 and 3 reduced during backward.
     }
 
     /// Σ g² over the whole model's averaged gradient, as accumulated (scaled by the loss
-    /// scale in fp16); all ranks agree on it, and an inf/NaN anywhere makes it non-finite.
+    /// scale in fp16): every group's, every expert counted once. All ranks agree on it,
+    /// and an inf/NaN anywhere makes it non-finite.
     double gradient_square_norm() {
-        const auto g = shard_grads();
-        double local = cpu::sum_of_squares(g.data(), g.size());
-        if constexpr (Z::partitions_optimizer_states) comm_.all_reduce(&local, 1, comm::ReduceOp::sum);
-        return local;
+        if constexpr (Z::partitions_optimizer_states) {  // each value in exactly one rank's partition
+            const auto g = shard_grads();
+            double local = cpu::sum_of_squares(g.data(), g.size());
+            comm_.all_reduce(&local, 1, comm::ReduceOp::sum);
+            return local;
+        } else {  // stage 0: the dense gradient is the same everywhere, an expert's on its expert-DP group
+            double total = 0.0;
+            for (const Group& g : groups_) {
+                double sum = cpu::sum_of_squares(grads_.data() + g.storage, g.count);
+                if (g.ranks != ranks_) {  // one expert-DP group speaks for each EP rank's experts
+                    if (g.rank != 0) sum = 0.0;
+                    comm_.all_reduce(&sum, 1, comm::ReduceOp::sum);
+                }
+                total += sum;
+            }
+            return total;
+        }
     }
 
-    /// The fp32 values the optimizer updates: this rank's partition (the whole model at
-    /// stage 0) — the master weights in mixed precision, the parameters themselves in fp32.
-    std::span<float> shard_params() {
-        if constexpr (has_master) return master_;
-        else if constexpr (Z::partitions_optimizer_states && !Z::partitions_parameters)
-            return {params_.data() + flat_.begin(rank_), flat_.shard};
-        else return params_;
+    /// What the optimizer updates, one run per group: this rank's fp32 values (the master
+    /// weights in mixed precision, else the parameters themselves) and their averaged
+    /// gradients in the accumulation dtype — the whole model at stage 0.
+    std::array<Part, group_count> shard_parts() {
+        std::array<Part, group_count> parts{};
+        for (std::size_t i = 0; i < group_count; ++i) {
+            const Group& g = groups_[i];
+            float* values;
+            if constexpr (has_master) values = master_.data() + g.shard_at;
+            else if constexpr (Z::partitions_parameters) values = params_.data();
+            else values = params_.data() + g.storage + (Z::partitions_optimizer_states ? g.flat.begin(g.rank) : 0);
+            parts[i] = {values, shard_grads().data() + g.shard_at, g.partition()};
+        }
+        if constexpr (Z::partitions_parameters) parts[0].count = tensors_.shard;
+        return parts;
     }
-    /// This rank's averaged gradient for `shard_params()`, in the accumulation dtype.
+    /// This rank's averaged gradients for `shard_parts()`, back to back, in the accumulation dtype.
     std::span<grad_type> shard_grads() {
         if constexpr (Z::partitions_optimizer_states && !Z::partitions_gradients) return reduced_;
         else return grads_;
     }
-    /// Stages 0-1: the full gradient buffer micro-steps add into.
+    /// Stages 0-1: the full gradient buffer micro-steps add into (each group padded at stage 1).
     std::span<grad_type> accumulated_gradients() { return grads_; }
 
     /// After the optimizer step: the master weights are rounded into the model's
     /// parameters; stages 1-2 all-gather the updated shards, stage 3 refreshes its
     /// persistent parameters.
     void publish_parameters() {
-        if constexpr (has_master) cpu::convert(master_.data(), own_params(), master_.size());
         if constexpr (Z::partitions_parameters) {
+            if constexpr (has_master) cpu::convert(master_.data(), params_.data(), master_.size());
             gather_persistent();
-        } else if constexpr (Z::partitions_optimizer_states) {
-            comm_.all_gather(params_.data() + flat_.begin(rank_), params_.data(), flat_.shard);
+        } else {
+            for (const Group& g : groups_) {
+                compute_type* own = params_.data() + g.storage + (Z::partitions_optimizer_states ? g.flat.begin(g.rank) : 0);
+                if constexpr (has_master) cpu::convert(master_.data() + g.shard_at, own, g.partition());
+                if constexpr (Z::partitions_optimizer_states) g.comm->all_gather(own, params_.data() + g.storage, g.flat.shard);
+            }
         }
     }
 
@@ -194,29 +253,35 @@ public:
         std::fill(reduced_.begin(), reduced_.end(), grad_type{});
     }
 
-    /// The whole model's fp32 values (the master weights in mixed precision), gathered from
-    /// the ranks where they are partitioned: every rank must call it then.
+    /// This rank's model's fp32 values (Ψ, laid out as `Model::parameters`; the master
+    /// weights in mixed precision), gathered from the ranks where they are partitioned:
+    /// every rank must call it then.
     std::vector<float> full_parameters() {
         std::vector<float> all(psi);
         if constexpr (Z::partitions_parameters) {
             std::vector<float> gathered(gathered_.size());
             for (const auto& t : tensors_.tensors) {
-                comm_.all_gather(shard_params().data() + t.local, gathered.data(), t.chunk);
+                comm_.all_gather(master_or_params() + t.local, gathered.data(), t.chunk);
                 std::copy_n(gathered.begin(), t.count, all.begin() + static_cast<std::ptrdiff_t>(t.offset));
             }
-        } else if constexpr (Z::partitions_optimizer_states && has_master) {
-            std::vector<float> gathered(flat_.padded);
-            comm_.all_gather(master_.data(), gathered.data(), flat_.shard);
-            std::copy_n(gathered.begin(), psi, all.begin());
-        } else if constexpr (has_master) {
-            std::copy_n(master_.begin(), psi, all.begin());
         } else {
-            std::copy_n(params_.begin(), psi, all.begin());
+            for (const Group& g : groups_) {
+                const auto into = all.begin() + static_cast<std::ptrdiff_t>(g.first);
+                if constexpr (Z::partitions_optimizer_states && has_master) {
+                    std::vector<float> gathered(g.flat.padded);
+                    g.comm->all_gather(master_.data() + g.shard_at, gathered.data(), g.flat.shard);
+                    std::copy_n(gathered.begin(), g.count, into);
+                } else if constexpr (has_master) {
+                    std::copy_n(master_.begin() + static_cast<std::ptrdiff_t>(g.shard_at), g.count, into);
+                } else {
+                    std::copy_n(params_.begin() + static_cast<std::ptrdiff_t>(g.storage), g.count, into);
+                }
+            }
         }
         return all;
     }
-    /// Replaces the whole model's parameters (every rank passes the same fp32 values; the
-    /// model's copy is their rounding to the compute dtype).
+    /// Replaces this rank's model's parameters (Ψ fp32 values, the same on every rank that
+    /// holds them; the model's copy is their rounding to the compute dtype).
     void set_full_parameters(std::span<const float> values) {
         if constexpr (Z::partitions_parameters) {
             std::vector<float> mine(tensors_.shard, 0.0f);
@@ -229,11 +294,13 @@ public:
             cpu::convert(mine.data(), params_.data(), mine.size());
             gather_persistent();
         } else {
-            cpu::convert(values.data(), params_.data(), psi);
-            if constexpr (has_master) {
-                const std::size_t first = Z::partitions_optimizer_states ? flat_.begin(rank_) : 0;
-                for (std::size_t i = 0; i < master_.size(); ++i)
-                    master_[i] = first + i < psi ? values[first + i] : 0.0f;
+            for (const Group& g : groups_) {
+                cpu::convert(values.data() + g.first, params_.data() + g.storage, g.count);
+                if constexpr (has_master) {
+                    const std::size_t first = Z::partitions_optimizer_states ? g.flat.begin(g.rank) : 0;
+                    for (std::size_t i = 0; i < g.partition(); ++i)
+                        master_[g.shard_at + i] = first + i < g.count ? values[g.first + first + i] : 0.0f;
+                }
             }
         }
     }
@@ -242,13 +309,14 @@ public:
     std::size_t parameter_bytes() const { return params_.size() * sizeof(compute_type); }
     std::size_t master_bytes() const { return master_.size() * sizeof(float); }
     std::size_t gradient_bytes() const { return grads_.size() * sizeof(grad_type); }
-    /// Work buffers: stage 3's gathered layer and persistent parameters, stage 2's bucket
+    /// Work buffers: stage 3's gathered layer and persistent parameters, stage 2's buckets
     /// and the received reductions, stage 1's reduced partition.
     std::size_t buffer_bytes() const {
         std::size_t n = (layer_params_.size() + gathered_.size() + now_.receive.size() + next_.receive.size()) *
                         sizeof(compute_type);
         for (const auto& p : persistent_) n += p.size() * sizeof(compute_type);
-        n += (layer_grads_.size() + bucket_.size() + received_.size() + reduced_.size()) * sizeof(grad_type);
+        n += (layer_grads_.size() + received_.size() + reduced_.size()) * sizeof(grad_type);
+        for (const Group& g : groups_) n += (g.layer_grads.size() + g.bucket.size()) * sizeof(grad_type);
         return n;
     }
 
@@ -272,110 +340,156 @@ private:
         std::vector<Gather> requests;
     };
 
+    /// One parameter group (stages 0-2): the model's values [first, first + count), reduced
+    /// over `comm`, padded to 2·ranks and cut into `ranks` shards at stages 1-2. Its slice of
+    /// `params_` (and of the full-size `grads_` at stages 0-1) starts at `storage`; its
+    /// partition in `master_`, `reduced_` and the stage-2 `grads_` at `shard_at`.
+    struct Group {
+        Comm* comm = nullptr;
+        std::size_t rank = 0, ranks = 1;
+        std::size_t first = 0, count = 0;
+        FlatPartition flat{0, 1};
+        std::size_t storage = 0, shard_at = 0;
+        std::vector<grad_type> layer_grads, bucket;  ///< stage 2: a layer's gradient, the bucket
+        std::size_t bucket_lo = 0, bucket_hi = 0;    ///< stage 2: the bucket's group-local range
+        std::deque<Reduction> in_flight;
+
+        /// Values of `params_` it takes: padded at stages 1-2.
+        std::size_t stored() const { return Z::partitions_optimizer_states ? flat.padded : count; }
+        /// Values of this rank's optimizer partition.
+        std::size_t partition() const { return Z::partitions_optimizer_states ? flat.shard : count; }
+    };
+
+    static std::array<Group, group_count> make_groups(Comm& world, Comm& experts) {
+        std::array<Group, group_count> groups{};
+        std::size_t storage = 0, shard_at = 0;
+        for (std::size_t i = 0; i < group_count; ++i) {
+            Group& g = groups[i];
+            g.comm = i == 0 ? &world : &experts;
+            g.rank = static_cast<std::size_t>(g.comm->rank());
+            g.ranks = static_cast<std::size_t>(g.comm->size());
+            g.first = i == 0 ? 0 : Model::dense_param_count;
+            g.count = i == 0 ? Model::dense_param_count : Model::expert_param_count;
+            g.flat = FlatPartition(g.count, g.ranks);
+            g.storage = storage;
+            g.shard_at = shard_at;
+            storage += g.stored();
+            shard_at += g.partition();
+        }
+        return groups;
+    }
+    Group& group_of(std::size_t offset) { return groups_[has_experts && offset >= Model::dense_param_count ? 1 : 0]; }
+    /// Where model value `offset` lives in `params_` (and the full-size `grads_`).
+    std::size_t stored_at(std::size_t offset) {
+        const Group& g = group_of(offset);
+        return g.storage + (offset - g.first);
+    }
+
     static std::vector<Segment> segments() {
         std::vector<Segment> s;
         for (const auto& p : Model::parameters) s.push_back({p.offset, p.numel()});
         return s;
     }
-    /// Elements of the optimizer's partition on this rank.
-    std::size_t optimizer_elements() const {
-        if constexpr (Z::partitions_parameters) return tensors_.shard;
-        else if constexpr (Z::partitions_optimizer_states) return flat_.shard;
-        else return psi;
-    }
-    /// Where this rank's partition of the model's parameters starts.
-    compute_type* own_params() {
-        if constexpr (Z::partitions_optimizer_states && !Z::partitions_parameters)
-            return params_.data() + flat_.begin(rank_);
+    /// Stage 3: this rank's fp32 chunks.
+    const float* master_or_params() {
+        if constexpr (has_master) return master_.data();
         else return params_.data();
     }
 
-    /// Stage 0 and stage 1 without reduce-scatter: all of the gradient, in
+    /// Stage 0 and stage 1 without reduce-scatter: all of a group's gradient, in
     /// `reduce_bucket_size` buckets.
-    void all_reduce_full_gradients() {
+    void all_reduce_full_gradients(Group& g) {
         const auto bucket = static_cast<std::size_t>(cfg_.zero_optimization.reduce_bucket_size);
-        for (std::size_t first = 0; first < grads_.size(); first += bucket)
-            averaging_all_reduce(grads_.data() + first, std::min(bucket, grads_.size() - first));
+        grad_type* values = grads_.data() + g.storage;
+        const std::size_t n = g.stored();
+        for (std::size_t first = 0; first < n; first += bucket)
+            averaging_all_reduce(*g.comm, values + first, std::min(bucket, n - first));
     }
-    /// An all-reduce that averages: ÷ predivide factor, SUM, × factor / dp by default, or
-    /// ÷ dp then SUM with `prescale_gradients` (SPEC §5.3).
-    void averaging_all_reduce(grad_type* values, std::size_t n) {
+    /// An all-reduce over `comm` that averages over the whole world (an expert's gradient
+    /// too, SPEC §10): ÷ predivide factor, SUM, × factor / dp by default, or ÷ dp then SUM
+    /// with `prescale_gradients` (SPEC §5.3).
+    void averaging_all_reduce(Comm& comm, grad_type* values, std::size_t n) {
         const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
         if (cfg_.prescale_gradients) cpu::scale(values, n, static_cast<float>(1.0 / dp));
         else if (f != 1.0) cpu::scale(values, n, static_cast<float>(1.0 / f));
-        comm_.all_reduce(values, n, comm::ReduceOp::sum);
+        comm.all_reduce(values, n, comm::ReduceOp::sum);
         if (!cfg_.prescale_gradients && f != dp) cpu::scale(values, n, static_cast<float>(f / dp));
     }
+    void averaging_all_reduce(grad_type* values, std::size_t n) { averaging_all_reduce(comm_, values, n); }
 
-    // Stage 2: the bucket covers a contiguous flat range [lo, hi) that grows downwards,
-    // since backward completes the layers from the last to the first. The last layer's
-    // range extends over the zero padding, so the reductions cover the padded Ψ exactly.
-    void add_to_bucket(Range r) {
-        const std::size_t end = r.offset + r.count == psi ? flat_.padded : r.offset + r.count;
+    // Stage 2: each group's bucket covers a contiguous range [lo, hi) of the group that grows
+    // downwards, since backward completes the layers from the last to the first. The last
+    // layer's range extends over the zero padding, so the reductions cover the padded group.
+    void add_to_bucket(Group& g, Range r) {
+        const std::size_t lo = r.offset - g.first;
+        const std::size_t end = lo + r.count == g.count ? g.flat.padded : lo + r.count;
         if (!cfg_.zero_optimization.contiguous_gradients) {  // no bucket copy: each layer reduced from its own buffer
-            reduce_range(layer_grads_.data(), r.count, r.offset, end);
+            reduce_range(g, g.layer_grads.data(), r.count, lo, end);
             return;
         }
-        if (bucket_lo_ != bucket_hi_ && (bucket_lo_ != end || bucket_hi_ - r.offset > bucket_.size())) flush_bucket();
-        if (end - r.offset > bucket_.size()) {  // a layer larger than the bucket is reduced on its own
-            reduce_range(layer_grads_.data(), r.count, r.offset, end);
+        if (g.bucket_lo != g.bucket_hi && (g.bucket_lo != end || g.bucket_hi - lo > g.bucket.size())) flush_bucket(g);
+        if (end - lo > g.bucket.size()) {  // a layer larger than the bucket is reduced on its own
+            reduce_range(g, g.layer_grads.data(), r.count, lo, end);
             return;
         }
-        if (bucket_lo_ == bucket_hi_) {
-            bucket_lo_ = bucket_hi_ = end;
-            std::fill(bucket_.begin(), bucket_.end(), grad_type{});
+        if (g.bucket_lo == g.bucket_hi) {
+            g.bucket_lo = g.bucket_hi = end;
+            std::fill(g.bucket.begin(), g.bucket.end(), grad_type{});
         }
-        bucket_lo_ = r.offset;
-        std::copy_n(layer_grads_.data(), r.count, bucket_at(bucket_lo_));
+        g.bucket_lo = lo;
+        std::copy_n(g.layer_grads.data(), r.count, bucket_at(g, g.bucket_lo));
     }
-    /// Where flat index x lives in the bucket (which ends at bucket_hi_).
-    grad_type* bucket_at(std::size_t x) { return bucket_.data() + (x + bucket_.size() - bucket_hi_); }
-    void flush_bucket() {
-        if (bucket_lo_ == bucket_hi_) return;
-        reduce_range(bucket_at(bucket_lo_), bucket_hi_ - bucket_lo_, bucket_lo_, bucket_hi_);
-        bucket_lo_ = bucket_hi_ = 0;
+    /// Where group index x lives in g's bucket (which ends at bucket_hi).
+    static grad_type* bucket_at(Group& g, std::size_t x) { return g.bucket.data() + (x + g.bucket.size() - g.bucket_hi); }
+    void flush_bucket(Group& g) {
+        if (g.bucket_lo == g.bucket_hi) return;
+        reduce_range(g, bucket_at(g, g.bucket_lo), g.bucket_hi - g.bucket_lo, g.bucket_lo, g.bucket_hi);
+        g.bucket_lo = g.bucket_hi = 0;
     }
-    /// Reduce-scatters the gradient of flat range [lo, hi) to the shard owners, pre-divided
+    /// Reduce-scatters the gradient of group range [lo, hi) to the shard owners, pre-divided
     /// by dp, and adds this rank's part to its shard. `data` holds the first `count`
     /// values; the rest of the range is padding (zeros). With `overlap_comm` the reduction
-    /// is left in flight while backward goes on (at most two, like DeepSpeed's two buckets).
-    void reduce_range(const grad_type* data, std::size_t count, std::size_t lo, std::size_t hi) {
+    /// is left in flight while backward goes on (at most two per group, like DeepSpeed's two buckets).
+    void reduce_range(Group& g, const grad_type* data, std::size_t count, std::size_t lo, std::size_t hi) {
+        grad_type* shard = grads_.data() + g.shard_at;
         if (!cfg_.zero_optimization.reduce_scatter) {  // all-reduce the bucket, keep this rank's slice
             scratch_.assign(hi - lo, grad_type{});
             std::copy_n(data, count, scratch_.begin());
-            averaging_all_reduce(scratch_.data(), scratch_.size());
-            const std::size_t a = std::max(lo, flat_.begin(rank_)), b = std::min(hi, flat_.end(rank_));
-            if (a < b) cpu::add_into(grads_.data() + (a - flat_.begin(rank_)), scratch_.data() + (a - lo), b - a);
+            averaging_all_reduce(*g.comm, scratch_.data(), scratch_.size());
+            const std::size_t a = std::max(lo, g.flat.begin(g.rank)), b = std::min(hi, g.flat.end(g.rank));
+            if (a < b) cpu::add_into(shard + (a - g.flat.begin(g.rank)), scratch_.data() + (a - lo), b - a);
             return;
         }
-        if (in_flight_.size() == max_in_flight) complete_oldest();
+        if (g.in_flight.size() == max_in_flight) complete_oldest(g);
         Reduction r;
         r.send.assign(hi - lo, grad_type{});
         std::copy_n(data, count, r.send.begin());
         cpu::scale(r.send.data(), count, 1.0f / static_cast<float>(ranks_));
-        r.counts.resize(ranks_);
-        for (std::size_t k = 0; k < ranks_; ++k) r.counts[k] = flat_.overlap(lo, hi, k);
-        r.receive.resize(r.counts[rank_]);
-        r.target = std::max(lo, flat_.begin(rank_)) - flat_.begin(rank_);
-        const std::span<const std::size_t> counts(r.counts);
+        r.counts.resize(g.ranks);
+        for (std::size_t k = 0; k < g.ranks; ++k) r.counts[k] = g.flat.overlap(lo, hi, k);
+        r.receive.resize(r.counts[g.rank]);
+        r.target = std::max(lo, g.flat.begin(g.rank)) - g.flat.begin(g.rank);
         if (overlap_comm(cfg_.zero_optimization)) {
-            in_flight_.push_back(std::move(r));
-            Reduction& pending = in_flight_.back();  // the buffers stay put while MPI uses them
-            pending.request.emplace(comm_.reduce_scatter_v_async(pending.send.data(), pending.receive.data(),
-                                                                 std::span<const std::size_t>(pending.counts),
-                                                                 comm::ReduceOp::sum));
+            g.in_flight.push_back(std::move(r));
+            Reduction& pending = g.in_flight.back();  // the buffers stay put while MPI uses them
+            pending.request.emplace(g.comm->reduce_scatter_v_async(pending.send.data(), pending.receive.data(),
+                                                                   std::span<const std::size_t>(pending.counts),
+                                                                   comm::ReduceOp::sum));
         } else {
-            comm_.reduce_scatter_v(r.send.data(), r.receive.data(), counts, comm::ReduceOp::sum);
-            accumulate(r);
+            g.comm->reduce_scatter_v(r.send.data(), r.receive.data(), std::span<const std::size_t>(r.counts),
+                                     comm::ReduceOp::sum);
+            accumulate(g, r);
         }
     }
-    void complete_oldest() {
-        Reduction& r = in_flight_.front();
+    void complete_oldest(Group& g) {
+        Reduction& r = g.in_flight.front();
         r.request->wait();
-        accumulate(r);
-        in_flight_.pop_front();
+        accumulate(g, r);
+        g.in_flight.pop_front();
     }
-    void accumulate(const Reduction& r) { cpu::add_into(grads_.data() + r.target, r.receive.data(), r.receive.size()); }
+    void accumulate(const Group& g, const Reduction& r) {
+        cpu::add_into(grads_.data() + g.shard_at + r.target, r.receive.data(), r.receive.size());
+    }
 
     // Stage 3.
     bool persistent(std::size_t tensor) const {
@@ -480,19 +594,17 @@ private:
     Comm& comm_;
     const Config& cfg_;
     std::size_t rank_, ranks_;
-    FlatPartition flat_;
     TensorPartition tensors_;
-    std::vector<compute_type> params_;  ///< the model's parameters: all (stages 0-2, padded at 1-2) or this rank's chunks (3)
+    std::array<Group, group_count> groups_;  ///< stages 0-2: dense, then this rank's experts
+    std::vector<compute_type> params_;  ///< the model's parameters: all (stages 0-2, padded per group at 1-2) or this rank's chunks (3)
     std::vector<float> master_;         ///< mixed precision: fp32 master of this rank's optimizer partition
     std::vector<grad_type> grads_;      ///< accumulated gradients: all (stages 0-1) or this rank's partition (2-3)
     std::vector<grad_type> reduced_;    ///< stage 1: this rank's averaged partition after the boundary reduction
     std::vector<compute_type> layer_params_, gathered_;
-    std::vector<grad_type> layer_grads_, bucket_, received_, scratch_;
+    std::vector<grad_type> layer_grads_, received_, scratch_;  ///< stage 3 (scratch_: also all-reduced buckets)
     std::vector<std::vector<compute_type>> persistent_;
     LayerGather now_, next_;
     Pass pass_ = Pass::forward;
-    std::deque<Reduction> in_flight_;
-    std::size_t bucket_lo_ = 0, bucket_hi_ = 0;
 };
 
 }  // namespace ds

@@ -42,11 +42,6 @@ struct MoESettings {
     bool use_rts = true;
     bool second_expert_sampling = true;  ///< top-2's Gumbel noise on the second choice
     std::uint64_t seed = 0x6d6f65;       ///< the gates' noise and token selection
-    /// Ranks each layer's experts are split over: each runs num_experts / ep_size of them on
-    /// the tokens of its group. Then every forward and backward is collective over the group
-    /// (every rank must run them, in the same order). It splits the experts' compute, not
-    /// their parameters: each rank still stores every expert (see `MoE`).
-    int ep_size = 1;
 };
 
 /// Where an MoE forward's time goes, accumulated in seconds: DeepSpeed's `gate`,
@@ -88,18 +83,28 @@ struct ParamName {
 /// (`ds::nn::top1_gating` / `top2_gating`), each expert on its kept tokens, the weighted
 /// combine; with `use_residual`, `out·c₀ + mlp(x)·c₁`, c = softmax(coefficient(x)).
 ///
-/// Expert parallelism (`MoESettings::ep_size` = ep > 1): EP rank ρ of each blocked group
-/// runs experts ρ·E/ep .. (ρ+1)·E/ep − 1 on the tokens of every rank in its group; the
-/// tokens go there and back by two all-to-alls in DeepSpeed's [E, C, M] layout, and the
-/// backward sends the gradients the same two ways. The parameter buffer keeps its
-/// compile-time layout with every expert, so a rank's gradient is zero on the experts it
-/// does not run, and the engine's data-parallel average of it is DeepSpeed's expert rule:
-/// the sum over the expert's data-parallel group, divided by the full world size.
-/// `l_aux` is computed (see `aux_losses()`) but, as in the example, not trained on.
-template <class Expert, MoEMlp Mlp, std::size_t... Experts>
-struct MoE {
+/// Expert parallelism over `Ep` ranks (`ep_size`; it sets the parameter shapes, so it is
+/// part of the type — `MoE` is `Ep` = 1, `Sequential::with_expert_parallel<Ep>` rebinds):
+/// EP rank ρ of each blocked group holds and runs experts ρ·E/Ep .. (ρ+1)·E/Ep − 1 of every
+/// layer, on the tokens of every rank in its group; the tokens go there and back by two
+/// all-to-alls in DeepSpeed's [E, C, M] layout, and the backward sends the gradients the
+/// same two ways. The layer's parameters are two groups, as DeepSpeed's
+/// `split_params_into_different_moe_groups_for_optimizer` makes them: `params` (gates,
+/// shared MLP, coefficients: reduced over every rank) and `expert_params` (this rank's
+/// experts, named by local index like DeepSpeed's module: reduced over the
+/// expert-data-parallel group). `l_aux` is computed (see `aux_losses()`) but, as in the
+/// example, not trained on.
+template <std::size_t Ep, class Expert, MoEMlp Mlp, std::size_t... Experts>
+struct BasicMoE {
     static_assert(sizeof...(Experts) > 0, "ds::nn::MoE: give at least one expert count");
     static_assert(((Experts > 0) && ...), "ds::nn::MoE: an MoE layer needs at least one expert");
+    static_assert(Ep > 0 && ((Experts % Ep == 0) && ...),
+                  "ds::nn::MoE: ep_size must divide every layer's number of experts (num_experts % ep_size == 0)");
+
+    /// The same layers with their experts split over `E` ranks.
+    template <std::size_t E>
+    using with_ep_size = BasicMoE<E, Expert, Mlp, Experts...>;
+    static constexpr std::size_t ep_size = Ep;
 
     template <class Input>
     struct Bound {
@@ -108,26 +113,25 @@ struct MoE {
         static_assert(expert_t::output_shape::size == M, "ds::nn::MoE: the expert must map the hidden size to itself");
         using input_shape = Input;
         using output_shape = Input;
+        static constexpr std::size_t ep_size = Ep;
         static constexpr std::size_t layers = sizeof...(Experts);
         static constexpr std::array<std::size_t, layers> experts{Experts...};
+        static constexpr std::array<std::size_t, layers> local_experts{(Experts / Ep)...};
         static constexpr bool residual = Mlp == MoEMlp::residual;
-        static constexpr std::size_t expert_params = [] {
+        static constexpr std::size_t expert_size = [] {
             std::size_t n = 0;
             for (const auto& p : expert_t::params) n += p.shape.numel();
             return n;
         }();
 
-        static constexpr std::size_t param_tensors =
-            (residual ? expert_t::params.size() : 0) +
-            ((1 + Experts * expert_t::params.size() + (residual ? 2 : 0)) + ... + 0);
-        static constexpr auto names = [] {
-            std::array<detail::ParamName, param_tensors> n{};
+        static constexpr std::size_t dense_tensors =
+            (residual ? expert_t::params.size() : 0) + layers * (residual ? 3 : 1);
+        static constexpr std::size_t expert_tensors = ((Experts / Ep) + ... + 0) * expert_t::params.size();
+        static constexpr auto dense_names = [] {
+            std::array<detail::ParamName, dense_tensors> n{};
             std::size_t t = 0;
             for (std::size_t i = 0; i < layers; ++i) {
                 n[t++].add(i).add(".deepspeed_moe.gate.wg.weight");
-                for (std::size_t e = 0; e < experts[i]; ++e)
-                    for (const auto& p : expert_t::params)
-                        n[t++].add(i).add(".deepspeed_moe.experts.deepspeed_experts.").add(e).add(".").add(p.name);
                 if (residual && i == 0)
                     for (const auto& p : expert_t::params) n[t++].add("0.mlp.").add(p.name);
                 if (residual) {
@@ -137,32 +141,53 @@ struct MoE {
             }
             return n;
         }();
-        /// In PyTorch's registration order (gate, experts, mlp, coefficient), so the offsets
-        /// `Sequential` assigns follow this order too.
-        static constexpr auto params = [] {
-            std::array<ParamSpec, param_tensors> p{};
+        static constexpr auto expert_names = [] {
+            std::array<detail::ParamName, expert_tensors> n{};
             std::size_t t = 0;
-            for (std::size_t i = 0; i < layers; ++i) {
-                p[t] = {std::string_view(names[t].text.data(), names[t].size), {2, {experts[i], M}}};
+            for (std::size_t i = 0; i < layers; ++i)
+                for (std::size_t e = 0; e < local_experts[i]; ++e)
+                    for (const auto& p : expert_t::params)
+                        n[t++].add(i).add(".deepspeed_moe.experts.deepspeed_experts.").add(e).add(".").add(p.name);
+            return n;
+        }();
+        /// The dense tensors in PyTorch's registration order (gate, mlp, coefficient per
+        /// layer), so the offsets `Sequential` assigns follow it.
+        static constexpr auto params = [] {
+            std::array<ParamSpec, dense_tensors> p{};
+            std::size_t t = 0;
+            const auto next = [&](TensorShape shape) {
+                p[t] = {std::string_view(dense_names[t].text.data(), dense_names[t].size), shape};
                 ++t;
-                for (std::size_t e = 0; e < experts[i]; ++e)
-                    for (const auto& q : expert_t::params) {
-                        p[t] = {std::string_view(names[t].text.data(), names[t].size), q.shape};
-                        ++t;
-                    }
+            };
+            for (std::size_t i = 0; i < layers; ++i) {
+                next({2, {experts[i], M}});
                 if (residual && i == 0)
-                    for (const auto& q : expert_t::params) {
-                        p[t] = {std::string_view(names[t].text.data(), names[t].size), q.shape};
-                        ++t;
-                    }
+                    for (const auto& q : expert_t::params) next(q.shape);
                 if (residual) {
-                    p[t] = {std::string_view(names[t].text.data(), names[t].size), {2, {2, M}}};
-                    ++t;
-                    p[t] = {std::string_view(names[t].text.data(), names[t].size), {1, {2}}};
-                    ++t;
+                    next({2, {2, M}});
+                    next({1, {2}});
                 }
             }
             return p;
+        }();
+        /// This rank's experts, layer by layer, each expert's tensors in order.
+        static constexpr auto expert_params = [] {
+            std::array<ParamSpec, expert_tensors> p{};
+            std::size_t t = 0;
+            for (std::size_t i = 0; i < layers; ++i)
+                for (std::size_t e = 0; e < local_experts[i]; ++e)
+                    for (const auto& q : expert_t::params) {
+                        p[t] = {std::string_view(expert_names[t].text.data(), expert_names[t].size), q.shape};
+                        ++t;
+                    }
+            return p;
+        }();
+        /// Elements of each layer's local experts, in order: expert parallelism gives EP rank
+        /// ρ block ρ of each layer's experts (`Sequential::global_offset`).
+        static constexpr auto expert_blocks = [] {
+            std::array<std::size_t, layers> b{};
+            for (std::size_t i = 0; i < layers; ++i) b[i] = local_experts[i] * expert_size;
+            return b;
         }();
 
         void reserve(std::size_t max_batch) {
@@ -187,15 +212,17 @@ struct MoE {
         }
 
         /// PyTorch's defaults: one draw of the expert for every expert and the shared MLP;
-        /// each gate and coefficient as `nn.Linear` (U(±1/√M)).
-        static void init(float* w, Rng& rng) {
-            std::vector<float> draw(expert_params);
+        /// each gate and coefficient as `nn.Linear` (U(±1/√M)). The same draws whatever Ep,
+        /// so every rank's experts start as the experts of one rank would.
+        static void init(float* w, float* experts_w, Rng& rng) {
+            std::vector<float> draw(expert_size);
             expert_t::init(draw.data(), rng);
             const float bound = 1.0f / std::sqrt(static_cast<float>(M));
             for (std::size_t i = 0; i < layers; ++i) {
                 float* gate = w + offset_of_gate(i);
                 for (std::size_t j = 0; j < experts[i] * M; ++j) gate[j] = rng.uniform(-bound, bound);
-                for (std::size_t e = 0; e < experts[i]; ++e) std::copy(draw.begin(), draw.end(), w + offset_of_expert(i, e));
+                for (std::size_t e = 0; e < local_experts[i]; ++e)
+                    std::copy(draw.begin(), draw.end(), experts_w + offset_of_expert(i, e));
                 if (residual) {
                     float* c = w + offset_of_coefficient(i);
                     for (std::size_t j = 0; j < 2 * M + 2; ++j) c[j] = rng.uniform(-bound, bound);
@@ -206,51 +233,55 @@ struct MoE {
 
         void set_training(bool training) { training_ = training; }
 
-        /// Applies `settings`; with `ep_size > 1`, `group` is this rank's expert-parallel
-        /// group (`ds::Engine::configure_moe` builds it), over which the tokens travel.
-        /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert, a
-        /// negative capacity, or an ep_size that does not divide every layer's experts or
-        /// is not the group's size
-        void configure(const MoESettings& settings, comm::ExpertExchange* group = nullptr) {
+        /// This rank's expert-parallel group (Ep ranks; `ds::Engine` builds it), over which
+        /// the tokens travel. With Ep > 1 every forward and backward is collective over it.
+        /// @throws std::invalid_argument when the group is not of Ep ranks
+        void set_expert_parallel_group(comm::ExpertExchange* group) {
+            if constexpr (Ep > 1) {
+                if (!group || static_cast<std::size_t>(group->size()) != Ep)
+                    throw std::invalid_argument("MoE: ep_size " + std::to_string(Ep) +
+                                                " needs an expert-parallel group of that size");
+                group_ = group;
+            } else if (group && group->size() != 1) {
+                throw std::invalid_argument("MoE: an expert-parallel group of " + std::to_string(group->size()) +
+                                            " ranks for a layer built with ep_size 1 (with_expert_parallel<N>)");
+            }
+        }
+
+        /// Applies `settings`.
+        /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert or a
+        /// negative capacity
+        void configure(const MoESettings& settings) {
             if (settings.k != 1 && settings.k != 2)
                 throw std::invalid_argument("MoE: k = " + std::to_string(settings.k) + "; DeepSpeed's MoE takes 1 or 2");
             if (settings.k == 2 && *std::min_element(experts.begin(), experts.end()) < 2)
                 throw std::invalid_argument("MoE: top-2 gating needs at least 2 experts in every MoE layer");
             if (settings.min_capacity < 0 || settings.capacity_factor <= 0 || settings.eval_capacity_factor <= 0)
                 throw std::invalid_argument("MoE: capacity factors must be positive and min_capacity not negative");
-            const auto ep = static_cast<std::size_t>(std::max(settings.ep_size, 1));
-            for (std::size_t e : experts)
-                if (e % ep != 0)
-                    throw std::invalid_argument("MoE: " + std::to_string(e) + " experts cannot be split over ep_size " +
-                                                std::to_string(ep) + " (num_experts % ep_size must be 0)");
-            if (ep > 1 && (!group || static_cast<std::size_t>(group->size()) != ep))
-                throw std::invalid_argument("MoE: ep_size " + std::to_string(ep) +
-                                            " needs an expert-parallel group of that size (ds::Engine::configure_moe)");
             settings_ = settings;
-            group_ = ep > 1 ? group : nullptr;
             rng_ = Rng(settings.seed);
             resize_exchange_buffers();
         }
         const MoESettings& settings() const { return settings_; }
 
-        void forward(const float* x, float* y, std::size_t batch, const float* w) {
+        void forward(const float* x, float* y, std::size_t batch, const float* w, const float* experts_w) {
             // Each layer keeps its input for the backward: layer 0 copies x, the others are
             // written there by the layer before.
             std::copy_n(x, batch * M, state_[0].input.data());
             for (std::size_t i = 0; i < layers; ++i) {
                 float* out = i + 1 == layers ? y : state_[i + 1].input.data();
-                forward_layer(i, state_[i].input.data(), out, batch, w);
+                forward_layer(i, state_[i].input.data(), out, batch, w, experts_w);
             }
         }
 
         void backward(const float* /*x*/, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
-                      float* dw) {
+                      float* dw, const float* experts_w, float* experts_dw) {
             // The gradient runs back through the layers, ping-ponging between two buffers.
             const float* grad = dy;
             float* next = work_.data();
             float* spare = work2_.data();
             for (std::size_t i = layers; i-- > 0;) {
-                backward_layer(i, grad, next, batch, w, dw);
+                backward_layer(i, grad, next, batch, w, dw, experts_w, experts_dw);
                 grad = next;
                 std::swap(next, spare);
             }
@@ -268,26 +299,26 @@ struct MoE {
         /// Seconds spent in the forwards so far, as DeepSpeed's MoE timers split them.
         const MoETimings& timings() const { return timings_; }
         void reset_timings() { timings_ = {}; }
-        /// Experts of each layer on this rank: `num_experts / ep_size`.
-        std::size_t local_experts(std::size_t i) const { return experts[i] / ep(); }
 
     private:
-        // Offsets as `Sequential` lays out `params` (PyTorch order): gate, experts, [mlp], [coefficient].
+        // Dense offsets as `Sequential` lays out `params`: gate, [mlp], [coefficient] per layer.
         static constexpr std::size_t offset_of_gate(std::size_t i) {
             std::size_t at = 0;
-            for (std::size_t l = 0; l < i; ++l) at += layer_size(l);
+            for (std::size_t l = 0; l < i; ++l) at += dense_size(l);
             return at;
         }
-        static constexpr std::size_t layer_size(std::size_t l) {
-            return experts[l] * M + experts[l] * expert_params + (residual && l == 0 ? expert_params : 0) +
-                   (residual ? 2 * M + 2 : 0);
+        static constexpr std::size_t dense_size(std::size_t l) {
+            return experts[l] * M + (residual && l == 0 ? expert_size : 0) + (residual ? 2 * M + 2 : 0);
         }
-        static constexpr std::size_t offset_of_expert(std::size_t i, std::size_t e) {
-            return offset_of_gate(i) + experts[i] * M + e * expert_params;
-        }
-        static constexpr std::size_t offset_of_mlp() { return offset_of_gate(0) + experts[0] * M + experts[0] * expert_params; }
+        static constexpr std::size_t offset_of_mlp() { return experts[0] * M; }
         static constexpr std::size_t offset_of_coefficient(std::size_t i) {
-            return offset_of_expert(i, experts[i]) + (residual && i == 0 ? expert_params : 0);
+            return offset_of_gate(i) + experts[i] * M + (residual && i == 0 ? expert_size : 0);
+        }
+        /// Local expert λ of layer i in the expert parameters.
+        static constexpr std::size_t offset_of_expert(std::size_t i, std::size_t lambda) {
+            std::size_t at = 0;
+            for (std::size_t l = 0; l < i; ++l) at += expert_blocks[l];
+            return at + lambda * expert_size;
         }
 
         /// This rank's kept tokens for one expert, in slot order (the kept slots of every
@@ -314,7 +345,7 @@ struct MoE {
             Routing routing;
         };
 
-        std::size_t ep() const { return group_ ? static_cast<std::size_t>(group_->size()) : 1; }
+        static constexpr std::size_t ep() { return Ep; }
         std::size_t ep_rank() const { return group_ ? static_cast<std::size_t>(group_->rank()) : 0; }
 
         /// Sizes what depends on the settings: the all-to-all blocks hold the largest
@@ -330,7 +361,7 @@ struct MoE {
                                                                      static_cast<std::size_t>(settings_.k),
                                                                      static_cast<std::size_t>(settings_.min_capacity)))
                               : max_batch_;
-                l.local.resize(local_experts(i));
+                l.local.resize(local_experts[i]);
                 for (auto& e : l.local) {
                     e.layer.reserve(ep() * l.block);
                     for (auto* b : {&e.x, &e.y, &e.dy, &e.dx}) b->resize(ep() * l.block * M);
@@ -394,7 +425,11 @@ struct MoE {
             return top2_gating(logits, experts[i], cf, min_capacity, o.drop_tokens, o.second_expert_sampling, rng_);
         }
 
-        void forward_layer(std::size_t i, const float* x, float* y, std::size_t batch, const float* w) {
+        void forward_layer(std::size_t i, const float* x, float* y, std::size_t batch, const float* w,
+                           const float* experts_w) {
+            if (Ep > 1 && !group_)
+                throw std::logic_error("MoE: ep_size " + std::to_string(Ep) +
+                                       " but no expert-parallel group (ds::Engine sets it; see set_expert_parallel_group)");
             using clock = std::chrono::steady_clock;
             LayerState& l = state_[i];
             const std::size_t E = experts[i], B = l.block, L = l.local.size();
@@ -448,7 +483,7 @@ struct MoE {
                 for (std::size_t rho = 0; rho < ep(); ++rho) ex.rows += static_cast<std::size_t>(l.received[rho * L + lambda]);
                 if (ex.rows == 0) continue;
                 gather(l, lambda, inbox_.data(), ex.x.data());
-                ex.layer.forward(ex.x.data(), ex.y.data(), ex.rows, w + offset_of_expert(i, ep_rank() * L + lambda));
+                ex.layer.forward(ex.x.data(), ex.y.data(), ex.rows, experts_w + offset_of_expert(i, lambda));
                 scatter(l, lambda, ex.y.data(), inbox_.data());
             }
             const auto combine_start = clock::now();
@@ -487,7 +522,8 @@ struct MoE {
 
         /// dy: d loss / d output of MoE layer i; writes d loss / d its input to dx and adds
         /// the parameter gradients.
-        void backward_layer(std::size_t i, const float* dy, float* dx, std::size_t batch, const float* w, float* dw) {
+        void backward_layer(std::size_t i, const float* dy, float* dx, std::size_t batch, const float* w, float* dw,
+                            const float* experts_w, float* experts_dw) {
             LayerState& l = state_[i];
             const Routing& r = l.routing;
             const std::size_t E = experts[i];
@@ -548,10 +584,9 @@ struct MoE {
             for (std::size_t lambda = 0; lambda < L; ++lambda) {
                 LocalExpert& ex = l.local[lambda];
                 if (ex.rows == 0) continue;
-                const std::size_t e = ep_rank() * L + lambda;
                 gather(l, lambda, inbox_.data(), ex.dy.data());
                 ex.layer.backward(ex.x.data(), ex.y.data(), ex.dy.data(), ex.dx.data(), ex.rows,
-                                  w + offset_of_expert(i, e), dw + offset_of_expert(i, e));
+                                  experts_w + offset_of_expert(i, lambda), experts_dw + offset_of_expert(i, lambda));
                 scatter(l, lambda, ex.dx.data(), inbox_.data());
             }
             exchange(inbox_.data(), outbox_.data(), E * B * M);
@@ -577,7 +612,7 @@ struct MoE {
 
         std::array<LayerState, layers> state_{};
         std::size_t max_batch_ = 0;
-        comm::ExpertExchange* group_ = nullptr;  ///< the expert-parallel group; none when ep_size is 1
+        comm::ExpertExchange* group_ = nullptr;  ///< the expert-parallel group; none when Ep is 1
         std::vector<float> outbox_, inbox_;      ///< this rank's [E][block][M] and the experts' [ep][L][block][M]
         MoETimings timings_{};
         expert_t mlp_{};
@@ -588,6 +623,11 @@ struct MoE {
         Rng rng_{settings_.seed};
     };
 };
+
+/// DeepSpeed's MoE layers with every expert on every rank (`ep_size` 1); a `Sequential`
+/// holding them splits the experts over N ranks as `with_expert_parallel<N>`.
+template <class Expert, MoEMlp Mlp, std::size_t... Experts>
+using MoE = BasicMoE<1, Expert, Mlp, Experts...>;
 
 /// The forward timings of every MoE layer of `model` (a `Sequential`), summed.
 template <class Model>

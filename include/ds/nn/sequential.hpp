@@ -62,12 +62,40 @@ struct Chain<Input, First, Rest...> {
 template <class L>
 concept reports_aux_losses = requires(const L& l) { l.aux_losses(); };
 
+/// A layer with a second parameter group, reduced over the expert-data-parallel group:
+/// the experts of an MoE layer (`expert_params`).
+template <class L>
+concept has_expert_params = requires { L::expert_params; };
+
 template <class L>
 constexpr std::size_t layer_param_count() {
     std::size_t n = 0;
     for (const auto& p : L::params) n += p.shape.numel();
     return n;
 }
+template <class L>
+constexpr std::size_t layer_expert_count() {
+    std::size_t n = 0;
+    if constexpr (has_expert_params<L>)
+        for (const auto& p : L::expert_params) n += p.shape.numel();
+    return n;
+}
+template <class L>
+constexpr std::size_t layer_ep_size() {
+    if constexpr (has_expert_params<L>) return L::ep_size;
+    else return 0;
+}
+
+/// Layer L with its experts split over Ep ranks (looking through `Named`); others as they are.
+template <class L, std::size_t Ep>
+struct WithEp {
+    using type = L;
+};
+template <class L, std::size_t Ep>
+    requires requires { typename L::template with_ep_size<Ep>; }
+struct WithEp<L, Ep> {
+    using type = typename L::template with_ep_size<Ep>;
+};
 
 constexpr void append(std::array<char, 64>& out, std::size_t& at, std::string_view s) {
     for (char c : s)
@@ -83,6 +111,11 @@ constexpr void append_number(std::array<char, 64>& out, std::size_t& at, std::si
     } while (v);
     while (n > 0) append(out, at, std::string_view(&digits[--n], 1));
 }
+
+template <FixedString Name, class L, std::size_t Ep>
+struct WithEp<Named<Name, L>, Ep> {
+    using type = Named<Name, typename WithEp<L, Ep>::type>;
+};
 
 }  // namespace detail
 
@@ -114,6 +147,43 @@ class BasicSequential {
         }(std::make_index_sequence<layer_count>{});
         return offsets;
     }();
+    /// The expert parameters come after every dense one.
+    static constexpr auto expert_offsets = [] {
+        std::array<std::size_t, layer_count + 1> offsets{};
+        offsets[0] = layer_offsets[layer_count];
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            ((offsets[I + 1] = offsets[I] + detail::layer_expert_count<layer_t<I>>()), ...);
+        }(std::make_index_sequence<layer_count>{});
+        return offsets;
+    }();
+    template <std::size_t I>
+    static constexpr bool has_experts = detail::has_expert_params<layer_t<I>>;
+    template <std::size_t I>
+    static constexpr std::size_t expert_tensor_count() {
+        if constexpr (has_experts<I>) return layer_t<I>::expert_params.size();
+        else return 0;
+    }
+    template <std::size_t I>
+    static constexpr std::size_t expert_block_count() {
+        if constexpr (has_experts<I>) return layer_t<I>::expert_blocks.size();
+        else return 0;
+    }
+    /// The sizes of the expert blocks (one per MoE layer: its local experts), in order.
+    static constexpr auto expert_blocks = [] {
+        std::array<std::size_t, []<std::size_t... I>(std::index_sequence<I...>) {
+            return (expert_block_count<I>() + ... + 0);
+        }(std::make_index_sequence<layer_count>{})> blocks{};
+        std::size_t next = 0;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (
+                [&] {
+                    if constexpr (has_experts<I>)
+                        for (std::size_t n : layer_t<I>::expert_blocks) blocks[next++] = n;
+                }(),
+                ...);
+        }(std::make_index_sequence<layer_count>{});
+        return blocks;
+    }();
 
 public:
     using value_type = T;
@@ -126,37 +196,80 @@ public:
     static constexpr bool contains_moe = []<std::size_t... I>(std::index_sequence<I...>) {
         return (detail::reports_aux_losses<layer_t<I>> || ...);
     }(std::make_index_sequence<layer_count>{});
-    /// Ψ: the number of trainable values.
-    static constexpr std::size_t param_count = layer_offsets[layer_count];
-
-    /// Every parameter tensor with its PyTorch name (`fc1.weight`), offset and shape.
-    static constexpr auto parameters = [] {
-        std::array<Parameter, ([]<std::size_t... I>(std::index_sequence<I...>) {
-                                  return (layer_t<I>::params.size() + ... + 0);
-                              }(std::make_index_sequence<layer_count>{}))>
-            table{};
-        std::size_t next = 0;
+    /// Ψ: the number of trainable values on this rank, the dense ones first, then this
+    /// rank's experts.
+    static constexpr std::size_t param_count = expert_offsets[layer_count];
+    /// Values reduced over every data-parallel rank: [0, dense_param_count).
+    static constexpr std::size_t dense_param_count = layer_offsets[layer_count];
+    /// This rank's experts, reduced over its expert-data-parallel group: [dense_param_count, param_count).
+    static constexpr std::size_t expert_param_count = param_count - dense_param_count;
+    /// Ranks the experts are split over (1 without experts); every MoE layer must agree.
+    static constexpr std::size_t expert_parallel_size = [] {
+        std::size_t ep = 0;
+        bool agree = true;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             (
                 [&] {
-                    using L = layer_t<I>;
-                    std::size_t offset = layer_offsets[I];
-                    for (const auto& spec : L::params) {
-                        Parameter& p = table[next++];
-                        std::size_t at = 0;
-                        if constexpr (requires { L::name; }) detail::append(p.name_storage, at, L::name);
-                        else detail::append_number(p.name_storage, at, I);
-                        detail::append(p.name_storage, at, ".");
-                        detail::append(p.name_storage, at, spec.name);
-                        p.offset = offset;
-                        p.shape = spec.shape;
-                        offset += spec.shape.numel();
-                    }
+                    constexpr std::size_t e = detail::layer_ep_size<layer_t<I>>();
+                    if (e != 0 && ep != 0 && e != ep) agree = false;
+                    if (e != 0) ep = e;
+                }(),
+                ...);
+        }(std::make_index_sequence<layer_count>{});
+        return agree ? std::max<std::size_t>(ep, 1) : 0;
+    }();
+    static_assert(expert_parallel_size > 0, "ds::nn::Sequential: MoE layers with different ep_size");
+    /// The same model with its experts split over `Ep` ranks; `with_expert_parallel<1>` is
+    /// the model holding every expert, whose layout `global_offset` maps to.
+    template <std::size_t Ep>
+    using with_expert_parallel = BasicSequential<T, Input, typename detail::WithEp<Layers, Ep>::type...>;
+
+    /// Every parameter tensor with its PyTorch name (`fc1.weight`), offset and shape: the
+    /// dense ones in layer order, then this rank's experts in layer order.
+    static constexpr auto parameters = [] {
+        std::array<Parameter, ([]<std::size_t... I>(std::index_sequence<I...>) {
+                                  return ((expert_tensor_count<I>() + layer_t<I>::params.size()) + ... + 0);
+                              }(std::make_index_sequence<layer_count>{}))>
+            table{};
+        std::size_t next = 0;
+        const auto add = [&]<std::size_t I>(std::size_t offset, const auto& specs) {
+            using L = layer_t<I>;
+            for (const auto& spec : specs) {
+                Parameter& p = table[next++];
+                std::size_t at = 0;
+                if constexpr (requires { L::name; }) detail::append(p.name_storage, at, L::name);
+                else detail::append_number(p.name_storage, at, I);
+                detail::append(p.name_storage, at, ".");
+                detail::append(p.name_storage, at, spec.name);
+                p.offset = offset;
+                p.shape = spec.shape;
+                offset += spec.shape.numel();
+            }
+        };
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (add.template operator()<I>(layer_offsets[I], layer_t<I>::params), ...);
+            (
+                [&] {
+                    if constexpr (has_experts<I>) add.template operator()<I>(expert_offsets[I], layer_t<I>::expert_params);
                 }(),
                 ...);
         }(std::make_index_sequence<layer_count>{});
         return table;
     }();
+
+    /// Where value `at` of EP rank `ep_rank`'s parameters sits in `with_expert_parallel<1>`'s:
+    /// dense values stay; block b of a layer's local experts is block `ep_rank` of that
+    /// layer's experts there (EP rank ρ holds experts ρ·E/ep ..).
+    static constexpr std::size_t global_offset(std::size_t at, std::size_t ep_rank) {
+        if (at < dense_param_count) return at;
+        std::size_t local = dense_param_count;
+        for (std::size_t n : expert_blocks) {
+            if (at < local + n)
+                return dense_param_count + expert_parallel_size * (local - dense_param_count) + ep_rank * n + (at - local);
+            local += n;
+        }
+        return at;  // past the end: not a parameter
+    }
 
     /// Allocates activations and work buffers for batches of up to `max_batch` samples.
     explicit BasicSequential(std::size_t max_batch) : max_batch_(max_batch) {
@@ -170,11 +283,14 @@ public:
         grad_a_.resize(max_batch * widest);
         grad_b_.resize(max_batch * widest);
         if constexpr (!std::is_same_v<T, float>) {
-            std::size_t widest_layer = 0;
+            std::size_t widest_layer = 0, widest_experts = 0;
             for (const auto& r : layer_ranges) widest_layer = std::max(widest_layer, r.count);
+            for (const auto& r : expert_ranges) widest_experts = std::max(widest_experts, r.count);
             for (auto* b : {&x32_, &y32_, &dy32_, &dx32_}) b->resize(max_batch * widest);
             w32_.resize(widest_layer);
             dw32_.resize(widest_layer);
+            we32_.resize(widest_experts);
+            dwe32_.resize(widest_experts);
         }
     }
 
@@ -184,7 +300,8 @@ public:
     std::size_t buffer_bytes() const {
         std::size_t n = grad_a_.size() + grad_b_.size();
         for (const auto& a : activations_) n += a.size();
-        const std::size_t work = x32_.size() + y32_.size() + dy32_.size() + dx32_.size() + w32_.size() + dw32_.size();
+        const std::size_t work = x32_.size() + y32_.size() + dy32_.size() + dx32_.size() + w32_.size() + dw32_.size() +
+                                 we32_.size() + dwe32_.size();
         return n * sizeof(T) + work * sizeof(float);
     }
 
@@ -196,18 +313,18 @@ public:
         });
     }
 
-    /// Applies `settings` (and e.g. the expert-parallel group) to every layer that takes
-    /// them (`ds::nn::MoE::configure`).
+    /// Applies `settings` to every layer that takes them (`ds::nn::MoE::configure`).
     template <class Settings>
     void configure_moe(const Settings& settings) {
         for_each_layer([&](auto& layer) {
             if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
         });
     }
-    template <class Settings, class Group>
-    void configure_moe(const Settings& settings, Group* group) {
+    /// Hands every MoE layer this rank's expert-parallel group (`ds::Engine` does).
+    template <class Group>
+    void set_expert_parallel_group(Group* group) {
         for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.configure(settings, group); }) layer.configure(settings, group);
+            if constexpr (requires { layer.set_expert_parallel_group(group); }) layer.set_expert_parallel_group(group);
         });
     }
 
@@ -220,14 +337,26 @@ public:
     /// PyTorch's default initialisation of every layer, in layer order, from `rng`.
     static void init(float* params, Rng& rng) {
         [&]<std::size_t... I>(std::index_sequence<I...>) {
-            (layer_t<I>::init(params + layer_offsets[I], rng), ...);
+            (
+                [&] {
+                    if constexpr (has_experts<I>) layer_t<I>::init(params + layer_offsets[I], params + expert_offsets[I], rng);
+                    else layer_t<I>::init(params + layer_offsets[I], rng);
+                }(),
+                ...);
         }(std::make_index_sequence<layer_count>{});
     }
 
     using LayerRange = nn::LayerRange;
+    /// Each layer's dense parameters.
     static constexpr std::array<LayerRange, layer_count> layer_ranges = [] {
         std::array<LayerRange, layer_count> r{};
         for (std::size_t i = 0; i < layer_count; ++i) r[i] = {layer_offsets[i], layer_offsets[i + 1] - layer_offsets[i]};
+        return r;
+    }();
+    /// Each layer's experts (empty for the others), after all the dense parameters.
+    static constexpr std::array<LayerRange, layer_count> expert_ranges = [] {
+        std::array<LayerRange, layer_count> r{};
+        for (std::size_t i = 0; i < layer_count; ++i) r[i] = {expert_offsets[i], expert_offsets[i + 1] - expert_offsets[i]};
         return r;
     }();
 
@@ -312,31 +441,50 @@ private:
 
     template <std::size_t I, class Hooks>
     void forward_layer(std::size_t batch, Hooks& hooks) {
-        constexpr LayerRange range = layer_ranges[I];
+        constexpr LayerRange range = layer_ranges[I], experts = expert_ranges[I];
         const T* w = nullptr;
+        const T* we = nullptr;
         if constexpr (range.count > 0) w = hooks.parameters(range);
+        if constexpr (experts.count > 0) we = hooks.parameters(experts);
         auto& layer = std::get<I>(layers_);
+        const auto run = [&](const auto* x, auto* y, const auto* w_, const auto* we_) {
+            if constexpr (has_experts<I>) layer.forward(x, y, batch, w_, we_);
+            else layer.forward(x, y, batch, w_);
+        };
         if constexpr (widens) {
             cpu::convert(layer_input<I>(), x32_.data(), batch * in_size<I>);
             if constexpr (range.count > 0) cpu::convert(w, w32_.data(), range.count);
-            layer.forward(x32_.data(), y32_.data(), batch, w32_.data());
+            if constexpr (experts.count > 0) cpu::convert(we, we32_.data(), experts.count);
+            run(x32_.data(), y32_.data(), w32_.data(), we32_.data());
             cpu::convert(y32_.data(), activations_[I].data(), batch * out_size<I>);
         } else {
-            layer.forward(layer_input<I>(), activations_[I].data(), batch, w);
+            run(layer_input<I>(), activations_[I].data(), w, we);
         }
         if constexpr (range.count > 0) hooks.forward_done(range);
+        if constexpr (experts.count > 0) hooks.forward_done(experts);
     }
 
     template <std::size_t I, class Hooks>
     void backward_from(T* dy, T* dx, Hooks& hooks) {
-        constexpr LayerRange range = layer_ranges[I];
+        constexpr LayerRange range = layer_ranges[I], experts = expert_ranges[I];
         const T* w = nullptr;
+        const T* we = nullptr;
         auto* dw = static_cast<decltype(hooks.gradients(range))>(nullptr);
+        auto* dwe = dw;
         if constexpr (range.count > 0) {
             w = hooks.parameters(range);
             dw = hooks.gradients(range);
         }
+        if constexpr (experts.count > 0) {
+            we = hooks.parameters(experts);
+            dwe = hooks.gradients(experts);
+        }
         auto& layer = std::get<I>(layers_);
+        const auto run = [&](const auto* x, const auto* y, auto* dy_, auto* dx_, const auto* w_, auto* dw_, const auto* we_,
+                             auto* dwe_) {
+            if constexpr (has_experts<I>) layer.backward(x, y, dy_, dx_, batch_, w_, dw_, we_, dwe_);
+            else layer.backward(x, y, dy_, dx_, batch_, w_, dw_);
+        };
         if constexpr (widens) {
             cpu::convert(layer_input<I>(), x32_.data(), batch_ * in_size<I>);
             cpu::convert(activations_[I].data(), y32_.data(), batch_ * out_size<I>);
@@ -345,21 +493,27 @@ private:
                 cpu::convert(w, w32_.data(), range.count);
                 std::fill_n(dw32_.begin(), range.count, 0.0f);
             }
-            layer.backward(x32_.data(), y32_.data(), dy32_.data(), I == 0 ? nullptr : dx32_.data(), batch_, w32_.data(),
-                           dw32_.data());
+            if constexpr (experts.count > 0) {
+                cpu::convert(we, we32_.data(), experts.count);
+                std::fill_n(dwe32_.begin(), experts.count, 0.0f);
+            }
+            run(x32_.data(), y32_.data(), dy32_.data(), I == 0 ? nullptr : dx32_.data(), w32_.data(), dw32_.data(),
+                we32_.data(), dwe32_.data());
             if constexpr (I > 0) cpu::convert(dx32_.data(), dx, batch_ * in_size<I>);
             if constexpr (range.count > 0) cpu::accumulate_rounded<T>(dw32_.data(), dw, range.count);
+            if constexpr (experts.count > 0) cpu::accumulate_rounded<T>(dwe32_.data(), dwe, experts.count);
         } else {
-            layer.backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w, dw);
+            run(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, w, dw, we, dwe);
         }
         if constexpr (range.count > 0) hooks.backward_done(range);
+        if constexpr (experts.count > 0) hooks.backward_done(experts);
         if constexpr (I > 0) backward_from<I - 1>(dx, dy, hooks);
     }
 
     layer_tuple layers_{};
     std::array<std::vector<T>, layer_count> activations_{};
     std::vector<T> grad_a_, grad_b_;
-    std::vector<float> x32_, y32_, dy32_, dx32_, w32_, dw32_;  ///< float work buffers (2-byte T only)
+    std::vector<float> x32_, y32_, dy32_, dx32_, w32_, dw32_, we32_, dwe32_;  ///< float work buffers (2-byte T only)
     const T* input_ = nullptr;
     std::size_t batch_ = 0;
     std::size_t max_batch_;

@@ -108,13 +108,19 @@ namespace {
 /// The example's MoE Net with experts [2, 4] split over `Ep` ranks, trained 3 steps on this
 /// MPI world; every rank takes its own 4 images per step.
 /// @returns the parameters with every expert (the ep_size 1 layout)
+/// How stage 2 reduces: the default bucket, or 500-element buckets (several per group, in
+/// flight), or each layer from its own buffer (`contiguous_gradients: false`).
+enum class Buckets { large, small, per_layer };
+
 template <int Stage, std::size_t Ep, ds::nn::MoEMlp Mlp>
-std::vector<float> train_moe(ds::comm::Progress progress) {
+std::vector<float> train_moe(ds::comm::Progress progress, Buckets buckets) {
     using MoENet = typename cifar10::MoENet<1, 16, Mlp, 2, 4>::template with_expert_parallel<Ep>;
     ds::comm::Mpi world{progress};
     constexpr std::size_t micro = 4;
     ds::Config cfg = config<ds::FP32>(Stage);
     cfg.train_batch_size = static_cast<std::int64_t>(micro) * world.size();
+    if (buckets == Buckets::small) cfg.zero_optimization.reduce_bucket_size = 500;
+    if (buckets == Buckets::per_layer) cfg.zero_optimization.contiguous_gradients = false;
     ds::Engine<MoENet, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Mpi> engine(cfg, std::move(world));
     engine.configure_moe(ds::nn::MoESettings{.k = 1, .min_capacity = 0, .noisy_gate_policy = ds::nn::NoisyGate::rsample});
     const auto data = ds::data::make_synthetic(micro * static_cast<std::size_t>(engine.world_size()) * steps, 1, 16, 16,
@@ -133,14 +139,16 @@ std::vector<float> train_moe(ds::comm::Progress progress) {
 }
 
 template <int Stage, ds::nn::MoEMlp Mlp>
-void check_expert_parallel(ds::comm::Progress progress) {
-    const auto dense = train_moe<Stage, 1, Mlp>(progress);
-    const auto split = train_moe<Stage, 2, Mlp>(progress);
+void check_expert_parallel(ds::comm::Progress progress, Buckets buckets = Buckets::large) {
+    const auto dense = train_moe<Stage, 1, Mlp>(progress, buckets);
+    const auto split = train_moe<Stage, 2, Mlp>(progress, buckets);
     REQUIRE(dense.size() == split.size());
     double worst = 0;
     for (std::size_t i = 0; i < dense.size(); ++i)
         worst = std::max(worst, std::abs(split[i] - dense[i]) / std::max(std::abs(double{dense[i]}), 0.01));
-    INFO("stage " << Stage << (progress == ds::comm::Progress::thread ? " (communication thread)" : ""));
+    INFO("stage " << Stage << (progress == ds::comm::Progress::thread ? " (communication thread)" : "")
+                  << (buckets == Buckets::small ? ", 500-element buckets" : "")
+                  << (buckets == Buckets::per_layer ? ", no contiguous gradients" : ""));
     CHECK(worst < 1e-5);
 }
 
@@ -148,8 +156,12 @@ void check_expert_parallel(ds::comm::Progress progress) {
 
 TEST_CASE("MoE with expert parallelism over MPI trains as with every expert on every rank") {
     check_expert_parallel<0, ds::nn::MoEMlp::standard>(ds::comm::Progress::library);
+    check_expert_parallel<1, ds::nn::MoEMlp::residual>(ds::comm::Progress::library);
     check_expert_parallel<2, ds::nn::MoEMlp::residual>(ds::comm::Progress::library);
     check_expert_parallel<2, ds::nn::MoEMlp::standard>(ds::comm::Progress::thread);
+    // Two groups' buckets: several in flight each, or every layer reduced on its own.
+    check_expert_parallel<2, ds::nn::MoEMlp::residual>(ds::comm::Progress::thread, Buckets::small);
+    check_expert_parallel<2, ds::nn::MoEMlp::residual>(ds::comm::Progress::library, Buckets::per_layer);
 }
 
 #include "common/mpi_test_main.hpp"

@@ -180,9 +180,10 @@ std::vector<float> averaged_gradient(Engine& engine, ds::comm::Threads& world) {
     return all;
 }
 
+/// `steps` SGD steps on rank r's `per_rank` samples of each global batch of per_rank × ranks.
 template <int Stage, class Net>
-EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps) {
-    ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(micro) * comm.size(),
+EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps, std::size_t per_rank = micro) {
+    ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(per_rank) * comm.size(),
                    .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.05, .momentum = 0.9}},
                    .gradient_clipping = 1.0,
                    .zero_allow_untested_optimizer = true,
@@ -190,14 +191,15 @@ EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps) {
     cfg.zero_optimization.stage = Stage;
     ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
     engine.configure_moe(settings);
-    const auto data = ds::data::make_synthetic(micro * static_cast<std::size_t>(comm.size() * steps), 1, 16, 16, 10, 9);
-    std::vector<float> x(micro * image);
-    std::vector<std::int32_t> labels(micro);
+    const auto data = ds::data::make_synthetic(per_rank * static_cast<std::size_t>(comm.size() * steps), 1, 16, 16, 10, 9);
+    std::vector<float> x(per_rank * image);
+    std::vector<std::int32_t> labels(per_rank);
     EngineRun run;
+    static_assert(Net::input_shape::size == image);
     const auto before = engine.communicator().counters()[ds::comm::Op::all_reduce];
     for (int step = 0; step < steps; ++step) {
-        const std::size_t first = (static_cast<std::size_t>(step * comm.size()) + static_cast<std::size_t>(comm.rank())) * micro;
-        for (std::size_t j = 0; j < micro; ++j) labels[j] = data.get(first + j, x.data() + j * image);
+        const std::size_t first = (static_cast<std::size_t>(step * comm.size()) + static_cast<std::size_t>(comm.rank())) * per_rank;
+        for (std::size_t j = 0; j < per_rank; ++j) labels[j] = data.get(first + j, x.data() + j * image);
         const auto out = engine.forward(x);
         engine.backward(ds::nn::CrossEntropyLoss{10}(out, labels));
         if (step == 0) {  // its own communicators: the engine's counters stay the engine's
@@ -274,6 +276,36 @@ TEST_CASE_TEMPLATE("expert parallelism: engines at ZeRO stages 0-2 train alike w
     check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::standard, 2>>(2, example);
     check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::residual, 2, 4>>(4, example);
     check_engines_agree<Stage::value, 2, EngineNet<MoEMlp::residual, 2, 4>>(2, MoESettings{.k = 2, .min_capacity = 1});
+}
+
+TEST_CASE("expert parallelism: 2 and 4 ranks with ep 2 train as one rank on the whole batch when nothing is dropped") {
+    // The absolute check of the divisor: without dropping or noise a token's path does not
+    // depend on its batch, so the world's average of the expert gradients must be the one
+    // rank's mean over the whole batch — an expert gradient not divided by the world size,
+    // or divided by its holders only, fails here whatever ep is.
+    using Net = EngineNet<MoEMlp::residual, 2, 4>;
+    const MoESettings keep_all{.k = 1, .min_capacity = 0, .drop_tokens = false};
+    constexpr int steps = 3;
+    for (int ranks : {2, 4}) {
+        EngineRun one;
+        ds::comm::run_ranks(1, [&](ds::comm::Threads& comm) {
+            one = run_engine<2, Net>(comm, keep_all, steps, micro * static_cast<std::size_t>(ranks));
+        });
+        std::vector<EngineRun> split(static_cast<std::size_t>(ranks));
+        ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+            split[static_cast<std::size_t>(comm.rank())] =
+                run_engine<2, Net::with_expert_parallel<2>>(comm, keep_all, steps);
+        });
+        INFO(ranks << " ranks");
+        for (int s = 0; s < steps; ++s) CHECK(relative(split[0].norms[s], one.norms[s]) < 1e-5);
+        double worst = 0;
+        for (std::size_t i = 0; i < one.params.size(); ++i) worst = std::max(worst, relative(split[0].params[i], one.params[i]));
+        CHECK(worst < 1e-5);
+        worst = 0;
+        for (std::size_t i = 0; i < one.gradient.size(); ++i)
+            worst = std::max(worst, relative(split[0].gradient[i], one.gradient[i]));
+        CHECK(worst < 1e-5);
+    }
 }
 
 TEST_CASE("expert parallelism: full parameters in the ep_size 1 layout, there and back; ep must divide the world") {

@@ -251,7 +251,8 @@ public:
         std::vector<float> mine = zero_.full_parameters();
         if constexpr (expert_parallel_size == 1) {
             return mine;
-        } else {  // every EP rank's experts, to their places among all the experts
+        } else {  // every EP rank's experts, to their places among all the experts (an all-gather, as an
+                  // all-to-all of the same block to every rank: it shows in expert_parallel_counters())
             constexpr std::size_t ep = expert_parallel_size, dense = Model::dense_param_count,
                                   n = Model::expert_param_count;
             std::vector<float> send(ep * n), received(ep * n);

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <span>
 #include <type_traits>
 
@@ -30,7 +31,7 @@ struct ShardPart {
 
 /// The optimizer an engine returns from `ds::initialize`: hyper-parameters, the step count
 /// (equal to the number of applied steps at every stage, SPEC decisions table) and the
-/// state buffers, all over the same flat layout as the parameters.
+/// state buffers, laid out as the partition it steps (`ShardPart`s end to end).
 template <optimizer Opt>
 class FlatOptimizer {
 public:
@@ -97,6 +98,8 @@ private:
             float* widened = states_[Opt::state_buffers + 1];
             for (const Segment& whole : tensors) {
                 if (whole.offset < base || whole.offset >= base + part.count) continue;
+                if (whole.offset + whole.count > base + part.count)
+                    throw std::logic_error("FlatOptimizer: a tensor straddles two parts of the partition");
                 const Segment t{whole.offset - base, whole.count};
                 float* segment_states[Opt::state_buffers];
                 for (std::size_t k = 0; k < Opt::state_buffers; ++k) segment_states[k] = states[k] + t.offset;

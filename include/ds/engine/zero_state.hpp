@@ -45,7 +45,9 @@ enum class Pass { forward, backward };
 /// DeepSpeed splits them: the dense values, reduced and partitioned over every rank, and
 /// this rank's experts, reduced and partitioned (stages 1-2) over its expert-data-parallel
 /// group `experts` but averaged over the whole world (SPEC §10). Each group is padded and
-/// partitioned on its own; the global norm sums both.
+/// partitioned on its own; the global norm sums both. At stage 2 each group has its own
+/// `reduce_bucket_size` bucket and up to two reductions in flight (DeepSpeed's buckets mix
+/// the groups), so the bucket memory doubles.
 ///
 /// Precision `P` sets the dtypes: parameters in `P::compute_type`, gradients (accumulated,
 /// reduced and communicated) in `grad_accumulation_t<P, Z>`, and with mixed precision an
@@ -113,7 +115,8 @@ public:
     }
 
     /// Elements each all-gather / reduce-scatter of the whole model moves: Ψ padded as this
-    /// stage pads it (2·dp for stages 1-2, per group; per tensor for stage 3).
+    /// stage pads it (2·dp for stages 1-2, per tensor for stage 3); with experts, the sum of
+    /// both groups' (which move over different communicators).
     std::size_t padded_params() const {
         if constexpr (Z::partitions_parameters) return tensors_.padded;
         else return params_.size();
@@ -198,8 +201,9 @@ public:
             double total = 0.0;
             for (const Group& g : groups_) {
                 double sum = cpu::sum_of_squares(grads_.data() + g.storage, g.count);
-                if (g.ranks != ranks_) {  // one expert-DP group speaks for each EP rank's experts
-                    if (g.rank != 0) sum = 0.0;
+                if (g.comm != &comm_) {  // experts split: each rank's differ; count each once
+                    const bool speaks_for_its_holders = g.rank == 0;
+                    if (!speaks_for_its_holders) sum = 0.0;
                     comm_.all_reduce(&sum, 1, comm::ReduceOp::sum);
                 }
                 total += sum;

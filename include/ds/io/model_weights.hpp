@@ -15,6 +15,9 @@ namespace ds::io {
 /// PyTorch names and shapes, so `safetensors.torch.load_file` gives a `state_dict`.
 template <class Model>
 void save_weights(const std::filesystem::path& file, std::span<const float> params) {
+    static_assert(Model::expert_parallel_size == 1,
+                  "ds::io::save_weights: a model with its experts split holds only this rank's; save the engine's "
+                  "full_model_type (Engine::full_parameters() gathers every expert)");
     std::vector<NamedTensor> tensors;
     for (const auto& p : Model::parameters)
         tensors.push_back({std::string(p.name()), {p.shape.dims, p.shape.dims + p.shape.rank},
@@ -27,6 +30,9 @@ void save_weights(const std::filesystem::path& file, std::span<const float> para
 /// (a checkpoint from another model). Nothing is written unless everything fits.
 template <class Model>
 void load_weights(const std::filesystem::path& file, std::span<float> params) {
+    static_assert(Model::expert_parallel_size == 1,
+                  "ds::io::load_weights: load the engine's full_model_type (every expert) and pass it to "
+                  "Engine::set_full_parameters, which keeps this rank's experts");
     const auto loaded = load_safetensors(file);
     std::vector<std::string> problems;
     for (const auto& p : Model::parameters) {

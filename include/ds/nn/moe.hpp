@@ -346,7 +346,6 @@ struct BasicMoE {
         };
 
         static constexpr std::size_t ep() { return Ep; }
-        std::size_t ep_rank() const { return group_ ? static_cast<std::size_t>(group_->rank()) : 0; }
 
         /// Sizes what depends on the settings: the all-to-all blocks hold the largest
         /// capacity any batch up to the micro batch can have (training or eval), so every

@@ -1,7 +1,9 @@
 // The CUDA backend's speed figures (issue 6), timed with CUDA events: the device-to-device
 // copy bandwidth the fused optimizer update is measured against, the fused Adam update
 // (fp32, and bf16 gradients writing a bf16 compute copy) in GB/s, and cuBLASLt GEMMs in
-// TFLOP/s (bf16 at 4096³ and 8192³, fp16, fp32 and TF32 at 4096³, on random values). A plain program rather than a
+// TFLOP/s (bf16 at 4096³ and 8192³, fp16, fp32 and TF32 at 4096³, on random values), and
+// the CIFAR Net's training step at batch 16 in images/s (`cuda::DeviceSequential`, softmax
+// cross-entropy, fused Adam: the work of the engine's step on one GPU). A plain program rather than a
 // Google Benchmark suite: the GPU machines have no Debian packages. Each figure is the
 // median of 5 timed runs of `iterations` launches, after a warm-up.
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 77.
@@ -17,10 +19,14 @@
 
 #include <ds/device/cuda/error.hpp>
 #include <ds/device/cuda/gemm.hpp>
+#include <ds/device/cuda/layer_kernels.cuh>
 #include <ds/device/cuda/memory.hpp>
 #include <ds/device/cuda/optimizer_step.cuh>
+#include <ds/device/cuda/sequential.cuh>
 #include <ds/device/cuda/stream.hpp>
 #include <ds/optim/adam.hpp>
+
+#include "cifar10/net.hpp"
 
 namespace {
 
@@ -139,6 +145,34 @@ int main(int argc, char** argv) {
         gemm_row(ds::half{}, big, false, "cuBLASLt fp16 GEMM");
         gemm_row(float{}, big, false, "cuBLASLt fp32 GEMM");
         gemm_row(float{}, big, true, "cuBLASLt TF32 GEMM");
+
+        // The CIFAR Net's training step at batch 16, fp32: forward, loss, backward, Adam.
+        {
+            using Net = cifar10::CifarNet;
+            constexpr std::size_t batch = 16, classes = Net::output_shape::size;
+            ds::cuda::Gemm net_gemm;
+            ds::cuda::DeviceSequential<Net> net(batch, {stream.get(), &net_gemm});
+            ds::cuda::DeviceBuffer<float> w(Net::param_count), g(Net::param_count), m1(Net::param_count),
+                v1(Net::param_count), x(batch * Net::input_shape::size), dlogits(batch * classes);
+            ds::cuda::DeviceBuffer<std::int32_t> labels(batch);
+            ds::cuda::DeviceBuffer<double> losses(batch);
+            fill_random(w.data(), w.size(), stream);
+            fill_random(x.data(), x.size(), stream);
+            for (auto* b : {&m1, &v1}) fill(b->data(), b->bytes(), stream);
+            fill(labels.data(), labels.bytes(), stream);
+            const ds::cuda::StatePointers<2> net_states{{m1.data(), v1.data()}};
+            const double step_ms = median_ms(stream, 50, [&] {
+                DS_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), stream));
+                const float* logits = net.forward(x.data(), batch, w.data());
+                ds::cuda::softmax_cross_entropy(logits, labels.data(), classes, batch, losses.data(), dlogits.data(),
+                                                stream);
+                net.backward(dlogits.data(), w.data(), g.data());
+                ds::cuda::optimizer_step<2>(update, w.data(), static_cast<float*>(nullptr), g.data(), 1.0f, net_states,
+                                            Net::param_count, stream);
+            });
+            rows.push_back({"CIFAR Net train step, batch 16, fp32", batch / step_ms * 1e3, "images/s",
+                            "forward, loss, backward, fused Adam (no engine yet)"});
+        }
 
         std::printf("device: %s, %d SMs, %.0f GiB\n", prop.name, prop.multiProcessorCount,
                     static_cast<double>(prop.totalGlobalMem) / (1 << 30));

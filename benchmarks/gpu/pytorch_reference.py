@@ -1,6 +1,7 @@
 """PyTorch's figures for the rows of bench_gpu, on the same card in the same run
 (scripts/gpu-check): device-to-device copy bandwidth, torch.optim.Adam(fused=True) over a
-64 M-element fp32 parameter, and torch.matmul in bf16 / fp16 / fp32 / TF32 at 4096^3.
+64 M-element fp32 parameter, torch.matmul in bf16 / fp16 / fp32 / TF32 at 4096^3, and the
+CIFAR example's Net training at batch 16 (forward, CrossEntropyLoss, backward, Adam), fp32.
 Each figure: median of 5 runs of N launches, timed with CUDA events, after a warm-up.
 Prints the same Markdown table as bench_gpu; exits 77 without torch or a GPU."""
 import sys
@@ -50,6 +51,44 @@ for dtype, name, tf32 in ((torch.bfloat16, "bf16", False), (torch.float16, "fp16
     b = torch.rand(4096, 4096, device="cuda").mul_(2).sub_(1).to(dtype)
     ms = median_ms(lambda: torch.matmul(a, b), 10)
     rows.append((f"torch.matmul {name} 4096^3", 2 * 4096 ** 3 / ms / 1e9, "TFLOP/s", ""))
+
+torch.backends.cuda.matmul.allow_tf32 = False
+
+
+class Net(torch.nn.Module):  # DeepSpeedExamples training/cifar's Net
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 6, 5)
+        self.pool = torch.nn.MaxPool2d(2, 2)
+        self.conv2 = torch.nn.Conv2d(6, 16, 5)
+        self.fc1 = torch.nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = torch.nn.Linear(120, 84)
+        self.fc3 = torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+net = Net().cuda()
+optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+criterion = torch.nn.CrossEntropyLoss()
+images = torch.rand(16, 3, 32, 32, device="cuda").mul_(2).sub_(1)
+labels = torch.zeros(16, dtype=torch.long, device="cuda")
+
+
+def train_step():
+    optimizer.zero_grad()
+    criterion(net(images), labels).backward()
+    optimizer.step()
+
+
+rows.append(("torch CIFAR Net train step, batch 16, fp32", 16 / median_ms(train_step, 50) * 1e3, "images/s",
+             "forward, loss, backward, Adam"))
 
 print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})")
 print("| figure | value | unit | note |\n|---|---|---|---|")

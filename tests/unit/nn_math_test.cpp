@@ -73,6 +73,43 @@ TEST_CASE("im2col: weight × columns is the Conv2d layer; the gathered column gr
     CHECK(worst_relative(back, dx) < 1e-5);
 }
 
+TEST_CASE("batched im2col: one GEMM over the batch's columns, then BatchRows, is the Conv2d layer; and back") {
+    // The CUDA Conv2d's sequence, run on the host: gather_batch, weight × col, to_images
+    // (+ bias); backward: to_rows, dW = dY'·colᵀ, db = Σ dY', dcol = Wᵀ·dY', scatter_back_batch.
+    constexpr std::size_t C = 3, O = 6, K = 5, H = 12, W = 11, batch = 3;
+    using Layer = ds::nn::Conv2d<C, O, K>::Bound<ds::nn::Image<C, H, W>>;
+    using Cols = ds::nn::math::Im2Col<C, H, W, K>;
+    using Rows = ds::nn::math::BatchRows<O, Cols::cols>;
+    constexpr std::size_t F = Cols::rows, BP = batch * Cols::cols;
+    const auto x = uniform(batch * C * H * W, 4);
+    const auto w = uniform(O * F + O, 5);
+    const auto dy = uniform(batch * O * Cols::cols, 6);
+    Layer layer;
+    layer.reserve(batch);
+    std::vector<float> y(batch * O * Cols::cols), dx(x.size()), dw(w.size(), 0.0f);
+    layer.forward(x.data(), y.data(), batch, w.data());
+    auto dy_copy = dy;
+    layer.backward(x.data(), y.data(), dy_copy.data(), dx.data(), batch, w.data(), dw.data());
+
+    std::vector<float> col(F * BP), rows(O * BP), out(y.size());
+    for (std::size_t i = 0; i < col.size(); ++i) Cols::gather_batch(i, x.data(), col.data(), batch);
+    ds::cpu::gemm(ds::cpu::Op::none, ds::cpu::Op::none, O, BP, F, 1.0f, w.data(), F, col.data(), BP, 0.0f, rows.data(), BP);
+    for (std::size_t i = 0; i < out.size(); ++i) Rows::to_images(i, rows.data(), w.data() + O * F, out.data(), batch);
+    CHECK(worst_relative(out, y) < 1e-5);
+
+    std::vector<float> d_rows(O * BP), grads(w.size(), 0.0f), dcol(col.size()), back(dx.size());
+    for (std::size_t i = 0; i < d_rows.size(); ++i) Rows::to_rows(i, dy.data(), d_rows.data(), batch);
+    ds::cpu::gemm(ds::cpu::Op::none, ds::cpu::Op::transpose, O, F, BP, 1.0f, d_rows.data(), BP, col.data(), BP, 0.0f,
+                  grads.data(), F);
+    for (std::size_t o = 0; o < O; ++o)
+        for (std::size_t j = 0; j < BP; ++j) grads[O * F + o] += d_rows[o * BP + j];
+    ds::cpu::gemm(ds::cpu::Op::transpose, ds::cpu::Op::none, F, BP, O, 1.0f, w.data(), F, d_rows.data(), BP, 0.0f,
+                  dcol.data(), BP);
+    for (std::size_t i = 0; i < back.size(); ++i) Cols::scatter_back_batch(i, dcol.data(), back.data(), batch);
+    CHECK(worst_relative(grads, dw) < 1e-5);
+    CHECK(worst_relative(back, dx) < 1e-5);
+}
+
 TEST_CASE("window maximum: the first maximum wins, NaN propagates, rows are strided") {
     // A 3×3 window inside rows of 5: ties at 2 and 6 → position 2; then a NaN at position 4.
     std::vector<float> image{1, 0, 7, 9, 9, 3, 5, 2, 9, 9, 7, 1, 0, 9, 9};

@@ -23,6 +23,7 @@ namespace ds::nn {
 /// `torch.nn.Sequential`.
 template <FixedString Name, class Layer>
 struct Named {
+    using layer = Layer;  ///< what is named (nvcc cannot deduce it from a `Named<Name, L>` pattern)
     template <class Input>
     struct Bound : Layer::template Bound<Input> {
         static constexpr std::string_view name = Name.view();
@@ -122,7 +123,11 @@ struct WithEp<Named<Name, L>, Ep> {
 /// Layers applied in order to an `Input`-shaped sample. Each layer's output shape is
 /// inferred from its input shape, and a mismatch stops compilation in that layer's
 /// `static_assert`. Parameters live in one flat buffer that the caller owns (the engine's
-/// flat buffers, DESIGN principle 4), in layer order, each layer's tensors in PyTorch order.
+/// flat buffers, DESIGN principle 4), in layer order, each layer's tensors in PyTorch order —
+/// except an MoE layer's experts, which form a second group after every dense value
+/// (DeepSpeed's expert parameter groups; `dense_param_count`, `expert_ranges`). A flat
+/// vector of an MoE model is therefore not in PyTorch's registration order; the names in
+/// `parameters` (and safetensors files, which go by name) are what to rely on.
 ///
 /// `T` is the dtype parameters, activations and activation gradients are stored in. The
 /// layers compute in float: with a 2-byte `T` each layer's inputs and parameters are

@@ -49,6 +49,47 @@ struct ScatterBack {
     __device__ void operator()(std::size_t i) const { Shape::scatter_back(i, dcol, dx); }
 };
 
+template <class Shape>
+struct GatherBatch {
+    const float* in;
+    float* col;
+    std::size_t batch;
+    __device__ void operator()(std::size_t i) const { Shape::gather_batch(i, in, col, batch); }
+};
+template <class Shape>
+struct ScatterBackBatch {
+    const float* dcol;
+    float* dx;
+    std::size_t batch;
+    __device__ void operator()(std::size_t i) const { Shape::scatter_back_batch(i, dcol, dx, batch); }
+};
+template <class Rows>
+struct ToImages {
+    const float* rows;
+    const float* bias;
+    float* images;
+    std::size_t batch;
+    __device__ void operator()(std::size_t i) const { Rows::to_images(i, rows, bias, images, batch); }
+};
+template <class Rows>
+struct ToRows {
+    const float* images;
+    float* rows;
+    std::size_t batch;
+    __device__ void operator()(std::size_t i) const { Rows::to_rows(i, images, rows, batch); }
+};
+struct AddBias {
+    float* y;
+    const float* bias;
+    std::size_t features;
+    __device__ void operator()(std::size_t i) const { y[i] += bias[i % features]; }
+};
+struct Fill {
+    float* out;
+    float value;
+    __device__ void operator()(std::size_t i) const { out[i] = value; }
+};
+
 template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>
 struct PoolForward {
     static constexpr std::size_t out_h = H / S, out_w = W / S;
@@ -117,6 +158,34 @@ template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
 void col2im(const float* dcol, float* dx, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
     detail::for_each_index(batch * Shape::image_size, detail::ScatterBack<Shape>{dcol, dx}, stream);
+}
+/// The batch's columns side by side (`nn::math::Im2Col::gather_batch`): one GEMM then
+/// convolves the whole batch.
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
+void im2col_batch(const float* in, float* col, std::size_t batch, cudaStream_t stream) {
+    using Shape = nn::math::Im2Col<C, H, W, K>;
+    detail::for_each_index(batch * Shape::col_size, detail::GatherBatch<Shape>{in, col, batch}, stream);
+}
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
+void col2im_batch(const float* dcol, float* dx, std::size_t batch, cudaStream_t stream) {
+    using Shape = nn::math::Im2Col<C, H, W, K>;
+    detail::for_each_index(batch * Shape::image_size, detail::ScatterBackBatch<Shape>{dcol, dx, batch}, stream);
+}
+/// [O][B][P] GEMM rows to [B][O][P] images, adding a bias per channel (`nn::math::BatchRows`).
+template <std::size_t O, std::size_t P>
+void rows_to_images(const float* rows, const float* bias, float* images, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>>{rows, bias, images, batch}, stream);
+}
+template <std::size_t O, std::size_t P>
+void images_to_rows(const float* images, float* rows, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * O * P, detail::ToRows<nn::math::BatchRows<O, P>>{images, rows, batch}, stream);
+}
+/// y[b][f] += bias[f] for `batch` rows of `features`.
+inline void add_bias(float* y, const float* bias, std::size_t features, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * features, detail::AddBias{y, bias, features}, stream);
+}
+inline void fill(float* out, std::size_t n, float value, cudaStream_t stream) {
+    detail::for_each_index(n, detail::Fill{out, value}, stream);
 }
 /// S × S max pooling of `batch` C × H × W images; `at` keeps each maximum's place.
 template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>

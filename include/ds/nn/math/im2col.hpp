@@ -46,6 +46,48 @@ struct Im2Col {
         }
         dx[index] = sum;
     }
+
+    /// The whole batch's columns as one matrix, image b's beside image b − 1's:
+    /// `col[r][b·cols + p] = col(b)[r][p]`, [C·K·K × B·OH·OW], so one GEMM gives
+    /// out'[O × B·OH·OW] = weight · col for the batch (`BatchRows` turns it into images).
+    DS_HOST_DEVICE static void gather_batch(std::size_t index, const float* in, float* col, std::size_t batch) {
+        const std::size_t width = batch * cols;
+        const std::size_t r = index / width, b = index % width / cols, p = index % cols;
+        const std::size_t c = r / (K * K), i = r / K % K, j = r % K, y = p / out_w, x = p % out_w;
+        col[index] = in[b * image_size + (c * H + y + i) * W + x + j];
+    }
+    /// `scatter_back` over the batch's columns as `gather_batch` lays them out.
+    DS_HOST_DEVICE static void scatter_back_batch(std::size_t index, const float* dcol, float* dx, std::size_t batch) {
+        const std::size_t width = batch * cols;
+        const std::size_t b = index / image_size, e = index % image_size;
+        const std::size_t c = e / (H * W), h = e / W % H, w = e % W;
+        float sum = 0.0f;
+        for (std::size_t i = 0; i < K; ++i) {
+            if (h < i || h - i >= out_h) continue;
+            for (std::size_t j = 0; j < K; ++j) {
+                if (w < j || w - j >= out_w) continue;
+                sum += dcol[((c * K + i) * K + j) * width + b * cols + (h - i) * out_w + (w - j)];
+            }
+        }
+        dx[index] = sum;
+    }
+};
+
+/// A batch of O × P images as one GEMM over the batch produces and consumes them: rows
+/// `[O][B][P]` against the images' `[B][O][P]` (NCHW with P = H·W).
+template <std::size_t O, std::size_t P>
+struct BatchRows {
+    /// `images[b][o][p] = rows[o][b][p] + bias[o]`, element `index` of the images.
+    DS_HOST_DEVICE static void to_images(std::size_t index, const float* rows, const float* bias, float* images,
+                                         std::size_t batch) {
+        const std::size_t b = index / (O * P), o = index / P % O, p = index % P;
+        images[index] = rows[(o * batch + b) * P + p] + bias[o];
+    }
+    /// `rows[o][b][p] = images[b][o][p]`, element `index` of the rows.
+    DS_HOST_DEVICE static void to_rows(std::size_t index, const float* images, float* rows, std::size_t batch) {
+        const std::size_t o = index / (batch * P), b = index / P % batch, p = index % P;
+        rows[index] = images[(b * O + o) * P + p];
+    }
 };
 
 }  // namespace ds::nn::math

@@ -1,0 +1,170 @@
+#pragma once
+/// @file
+/// The layers of `ds::nn` on the GPU: `cuda::DeviceLayer<Layer, Input>` runs the layer that
+/// `Layer` (the unbound `nn::Linear<In, Out>`, `nn::Conv2d<In, Out, K>`, ...) is on `Input`,
+/// with the same contract as its CPU counterpart — forward writes y, backward adds the
+/// parameter gradients into dw and writes dx unless it is null — over device pointers, on
+/// one stream. Products go through cuBLASLt (`cuda::Gemm`), everything else through the
+/// kernels of `layer_kernels.cuh` over the shared `ds/nn/math/` functions.
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/gemm.hpp>
+#include <ds/device/cuda/layer_kernels.cuh>
+#include <ds/device/cuda/memory.hpp>
+#include <ds/nn/conv2d.hpp>
+#include <ds/nn/flatten.hpp>
+#include <ds/nn/linear.hpp>
+#include <ds/nn/math/im2col.hpp>
+#include <ds/nn/max_pool2d.hpp>
+#include <ds/nn/relu.hpp>
+#include <ds/nn/shape.hpp>
+
+namespace ds::cuda {
+
+/// What every layer of one model shares: its stream and the GEMM bound to it.
+struct LayerContext {
+    cudaStream_t stream = nullptr;
+    Gemm* gemm = nullptr;
+};
+
+/// A vector of ones on the device, as long as the longest sum asks: bias gradients are
+/// products with it (deterministic, unlike atomics).
+class Ones {
+public:
+    void reserve(std::size_t n, cudaStream_t stream) {
+        if (n <= ones_.size()) return;
+        ones_ = DeviceBuffer<float>(n);
+        fill(ones_.data(), n, 1.0f, stream);
+    }
+    const float* data() const { return ones_.data(); }
+
+private:
+    DeviceBuffer<float> ones_;
+};
+
+template <class Layer, class Input>
+struct DeviceLayer {
+    static_assert(sizeof(Layer) == 0, "ds::cuda::DeviceLayer: this layer has no CUDA implementation yet");
+};
+
+/// y = x·Wᵀ + b in one cuBLASLt call with the bias epilogue; dW += dyᵀ·x, db += 1ᵀ·dy, dx = dy·W.
+template <std::size_t In, std::size_t Out, class Input>
+struct DeviceLayer<nn::Linear<In, Out>, Input> {
+    static constexpr std::size_t bias_offset = Out * In;
+
+    void reserve(std::size_t max_batch, LayerContext& ctx) { ones_.reserve(max_batch, ctx.stream); }
+
+    void forward(const float* x, float* y, std::size_t batch, const float* w, LayerContext& ctx) {
+        const float* bias = w + bias_offset;
+        if (reinterpret_cast<std::uintptr_t>(bias) % 16 == 0) {  // cuBLASLt's epilogue wants an aligned vector
+            (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out, ctx.stream,
+                        Epilogue::bias, bias);
+        } else {
+            (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out, ctx.stream);
+            add_bias(y, bias, Out, batch, ctx.stream);
+        }
+    }
+    void backward(const float* x, const float* /*y*/, const float* dy, float* dx, std::size_t batch, const float* w,
+                  float* dw, LayerContext& ctx) {
+        Gemm& gemm = *ctx.gemm;
+        gemm(Op::transpose, Op::none, Out, In, batch, 1.0f, dy, Out, x, In, 1.0f, dw, In, ctx.stream);
+        gemm(Op::none, Op::none, 1, Out, batch, 1.0f, ones_.data(), batch, dy, Out, 1.0f, dw + bias_offset, Out,
+             ctx.stream);
+        if (dx) gemm(Op::none, Op::none, batch, In, Out, 1.0f, dy, Out, w, In, 0.0f, dx, In, ctx.stream);
+    }
+
+private:
+    Ones ones_;
+};
+
+/// The whole batch as one GEMM: columns [C·K·K × B·P] (`Im2Col::gather_batch`), rows
+/// W·col = [O × B·P], then NCHW images with the bias added (`BatchRows`). Backward runs the
+/// same layout the other way: dW += dY'·colᵀ, db += dY'·1, dcol = Wᵀ·dY', gathered back to dx.
+template <std::size_t In, std::size_t Out, std::size_t K, std::size_t C, std::size_t H, std::size_t W>
+struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>> {
+    static_assert(C == In, "ds::cuda: Conv2d input channels");
+    using Cols = nn::math::Im2Col<C, H, W, K>;
+    static constexpr std::size_t F = Cols::rows, P = Cols::cols, bias_offset = Out * F;
+
+    void reserve(std::size_t max_batch, LayerContext& ctx) {
+        col_ = DeviceBuffer<float>(F * max_batch * P);
+        rows_ = DeviceBuffer<float>(Out * max_batch * P);
+        ones_.reserve(max_batch * P, ctx.stream);
+    }
+
+    void forward(const float* x, float* y, std::size_t batch, const float* w, LayerContext& ctx) {
+        const std::size_t bp = batch * P;
+        im2col_batch<C, H, W, K>(x, col_.data(), batch, ctx.stream);
+        (*ctx.gemm)(Op::none, Op::none, Out, bp, F, 1.0f, w, F, col_.data(), bp, 0.0f, rows_.data(), bp, ctx.stream);
+        rows_to_images<Out, P>(rows_.data(), w + bias_offset, y, batch, ctx.stream);
+    }
+    void backward(const float* x, const float* /*y*/, const float* dy, float* dx, std::size_t batch, const float* w,
+                  float* dw, LayerContext& ctx) {
+        Gemm& gemm = *ctx.gemm;
+        const std::size_t bp = batch * P;
+        im2col_batch<C, H, W, K>(x, col_.data(), batch, ctx.stream);  // the forward's columns may be gone
+        images_to_rows<Out, P>(dy, rows_.data(), batch, ctx.stream);
+        gemm(Op::none, Op::transpose, Out, F, bp, 1.0f, rows_.data(), bp, col_.data(), bp, 1.0f, dw, F, ctx.stream);
+        gemm(Op::none, Op::transpose, 1, Out, bp, 1.0f, ones_.data(), bp, rows_.data(), bp, 1.0f, dw + bias_offset, Out,
+             ctx.stream);
+        if (!dx) return;
+        // dcol reuses the columns' buffer: they are consumed.
+        gemm(Op::transpose, Op::none, F, bp, Out, 1.0f, w, F, rows_.data(), bp, 0.0f, col_.data(), bp, ctx.stream);
+        col2im_batch<C, H, W, K>(col_.data(), dx, batch, ctx.stream);
+    }
+
+private:
+    DeviceBuffer<float> col_, rows_;
+    Ones ones_;
+};
+
+template <class Input>
+struct DeviceLayer<nn::ReLU, Input> {
+    void reserve(std::size_t, LayerContext&) {}
+    void forward(const float* x, float* y, std::size_t batch, const float*, LayerContext& ctx) {
+        relu_forward(x, y, batch * Input::size, ctx.stream);
+    }
+    void backward(const float*, const float* y, const float* dy, float* dx, std::size_t batch, const float*, float*,
+                  LayerContext& ctx) {
+        if (dx) relu_backward(y, dy, dx, batch * Input::size, ctx.stream);
+    }
+};
+
+/// Keeps each window's maximum position from the forward, as the CPU layer does.
+template <std::size_t S, std::size_t C, std::size_t H, std::size_t W>
+struct DeviceLayer<nn::MaxPool2d<S>, nn::Image<C, H, W>> {
+    static constexpr std::size_t out_size = C * (H / S) * (W / S);
+    void reserve(std::size_t max_batch, LayerContext&) { at_ = DeviceBuffer<std::uint8_t>(max_batch * out_size); }
+    void forward(const float* x, float* y, std::size_t batch, const float*, LayerContext& ctx) {
+        max_pool_forward<C, H, W, S>(x, y, at_.data(), batch, ctx.stream);
+    }
+    void backward(const float*, const float*, const float* dy, float* dx, std::size_t batch, const float*, float*,
+                  LayerContext& ctx) {
+        if (dx) max_pool_backward<C, H, W, S>(dy, at_.data(), dx, batch, ctx.stream);
+    }
+
+private:
+    DeviceBuffer<std::uint8_t> at_;
+};
+
+/// NCHW is already the flat layout: a copy each way.
+template <class Input>
+struct DeviceLayer<nn::Flatten, Input> {
+    void reserve(std::size_t, LayerContext&) {}
+    void forward(const float* x, float* y, std::size_t batch, const float*, LayerContext& ctx) {
+        DS_CUDA_CHECK(cudaMemcpyAsync(y, x, batch * Input::size * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
+    }
+    void backward(const float*, const float*, const float* dy, float* dx, std::size_t batch, const float*, float*,
+                  LayerContext& ctx) {
+        if (dx)
+            DS_CUDA_CHECK(
+                cudaMemcpyAsync(dx, dy, batch * Input::size * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream));
+    }
+};
+
+}  // namespace ds::cuda

@@ -1,0 +1,169 @@
+#pragma once
+/// @file
+/// `cuda::DeviceSequential<Model>`: an fp32 `nn::Sequential` run on the GPU — the same layer
+/// list, parameter layout (`Model::layer_ranges`) and per-layer hook protocol as the CPU
+/// model, so the engine's ZeRO hooks serve both, over device buffers on one stream.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <tuple>
+#include <utility>
+
+#include <cuda_runtime_api.h>
+
+#include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/layers.cuh>
+#include <ds/device/cuda/memory.hpp>
+#include <ds/nn/sequential.hpp>
+
+namespace ds::cuda {
+
+namespace detail {
+/// The layer a `Named` wraps (found by its `layer` member: nvcc cannot match `Named<Name, L>`).
+template <class L>
+struct Unnamed {
+    using type = L;
+};
+template <class L>
+    requires requires { typename L::layer; }
+struct Unnamed<L> {
+    using type = typename L::layer;
+};
+}  // namespace detail
+
+template <class Model>
+class DeviceSequential;
+
+template <class Input, class... Layers>
+class DeviceSequential<nn::BasicSequential<float, Input, Layers...>> {
+public:
+    using model_type = nn::BasicSequential<float, Input, Layers...>;
+    static_assert(!model_type::contains_moe, "ds::cuda::DeviceSequential: MoE layers have no CUDA implementation yet");
+    using input_shape = typename model_type::input_shape;
+    using output_shape = typename model_type::output_shape;
+    using LayerRange = typename model_type::LayerRange;
+
+private:
+    static constexpr std::size_t layer_count = sizeof...(Layers);
+    using bound_layers = typename nn::detail::Chain<Input, Layers...>::layers;
+    template <std::size_t I>
+    using bound_t = std::tuple_element_t<I, bound_layers>;
+    template <std::size_t I>
+    using unbound_t = typename detail::Unnamed<std::tuple_element_t<I, std::tuple<Layers...>>>::type;
+    template <class Seq>
+    struct Devices;
+    template <std::size_t... I>
+    struct Devices<std::index_sequence<I...>> {
+        using type = std::tuple<DeviceLayer<unbound_t<I>, typename bound_t<I>::input_shape>...>;
+    };
+    using device_layers = typename Devices<std::make_index_sequence<layer_count>>::type;
+    template <std::size_t I>
+    static constexpr std::size_t in_size = bound_t<I>::input_shape::size;
+    template <std::size_t I>
+    static constexpr std::size_t out_size = bound_t<I>::output_shape::size;
+
+public:
+    /// Activations and work buffers for batches of up to `max_batch` samples, on `ctx`'s stream.
+    DeviceSequential(std::size_t max_batch, LayerContext ctx) : ctx_(ctx), max_batch_(max_batch) {
+        std::size_t widest = Input::size;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            ((std::get<I>(layers_).reserve(max_batch, ctx_), activations_[I] = DeviceBuffer<float>(max_batch * out_size<I>),
+              widest = std::max(widest, out_size<I>)),
+             ...);
+        }(std::make_index_sequence<layer_count>{});
+        grad_a_ = DeviceBuffer<float>(max_batch * widest);
+        grad_b_ = DeviceBuffer<float>(max_batch * widest);
+    }
+
+    std::size_t max_batch() const { return max_batch_; }
+    LayerContext& context() { return ctx_; }
+
+    /// Runs the layers on `batch` device samples at `x` (kept by pointer until `backward`),
+    /// asking `hooks.parameters(range)` for each layer's device parameters.
+    /// @returns the output on the device, `batch × output_shape::size` values owned by the model
+    template <class Hooks>
+    const float* forward(const float* x, std::size_t batch, Hooks& hooks) {
+        input_ = x;
+        batch_ = batch;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (forward_layer<I>(hooks), ...);
+        }(std::make_index_sequence<layer_count>{});
+        return activations_[layer_count - 1].data();
+    }
+    /// Backward from d loss / d output (device) of the last `forward`, adding each layer's
+    /// parameter gradients into `hooks.gradients(range)`; `hooks.backward_done(range)`
+    /// follows each layer.
+    template <class Hooks>
+    void backward(const float* grad_output, Hooks& hooks) {
+        DS_CUDA_CHECK(cudaMemcpyAsync(grad_a_.data(), grad_output, batch_ * output_shape::size * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, ctx_.stream));
+        backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
+    }
+
+    /// The same over one flat device parameter buffer and one flat gradient buffer.
+    const float* forward(const float* x, std::size_t batch, const float* params) {
+        FlatHooks hooks{params, nullptr};
+        return forward(x, batch, hooks);
+    }
+    void backward(const float* grad_output, const float* params, float* grads) {
+        FlatHooks hooks{params, grads};
+        backward(grad_output, hooks);
+    }
+
+    /// The activations of layer I after `forward` (device).
+    template <std::size_t I>
+    const float* activation() const {
+        return activations_[I].data();
+    }
+
+private:
+    struct FlatHooks {
+        const float* params;
+        float* grads;
+        const float* parameters(LayerRange r) { return params + r.offset; }
+        float* gradients(LayerRange r) { return grads + r.offset; }
+        void forward_done(LayerRange) {}
+        void backward_done(LayerRange) {}
+    };
+
+    template <std::size_t I>
+    const float* layer_input() const {
+        if constexpr (I == 0) return input_;
+        else return activations_[I - 1].data();
+    }
+
+    template <std::size_t I, class Hooks>
+    void forward_layer(Hooks& hooks) {
+        constexpr LayerRange range = model_type::layer_ranges[I];
+        const float* w = nullptr;
+        if constexpr (range.count > 0) w = hooks.parameters(range);
+        std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
+        if constexpr (range.count > 0) hooks.forward_done(range);
+    }
+
+    template <std::size_t I, class Hooks>
+    void backward_from(float* dy, float* dx, Hooks& hooks) {
+        constexpr LayerRange range = model_type::layer_ranges[I];
+        const float* w = nullptr;
+        float* dw = nullptr;
+        if constexpr (range.count > 0) {
+            w = hooks.parameters(range);
+            dw = hooks.gradients(range);
+        }
+        std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w,
+                                      dw, ctx_);
+        if constexpr (range.count > 0) hooks.backward_done(range);
+        if constexpr (I > 0) backward_from<I - 1>(dx, dy, hooks);
+    }
+
+    LayerContext ctx_;
+    device_layers layers_{};
+    std::array<DeviceBuffer<float>, layer_count> activations_{};
+    DeviceBuffer<float> grad_a_, grad_b_;
+    const float* input_ = nullptr;
+    std::size_t batch_ = 0;
+    std::size_t max_batch_;
+};
+
+}  // namespace ds::cuda

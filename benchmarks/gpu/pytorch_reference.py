@@ -4,7 +4,10 @@
 CIFAR example's Net training at batch 16 (forward, CrossEntropyLoss, backward, Adam), fp32.
 Each figure: median of 5 runs of N launches, timed with CUDA events, after a warm-up.
 Prints the same Markdown table as bench_gpu; exits 77 without torch or a GPU."""
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "cifar10"))
 
 try:
     import torch
@@ -54,25 +57,7 @@ for dtype, name, tf32 in ((torch.bfloat16, "bf16", False), (torch.float16, "fp16
 
 torch.backends.cuda.matmul.allow_tf32 = False
 
-
-class Net(torch.nn.Module):  # DeepSpeedExamples training/cifar's Net
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 6, 5)
-        self.pool = torch.nn.MaxPool2d(2, 2)
-        self.conv2 = torch.nn.Conv2d(6, 16, 5)
-        self.fc1 = torch.nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = torch.nn.Linear(120, 84)
-        self.fc3 = torch.nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        x = torch.flatten(x, 1)
-        x = torch.relu(self.fc1(x))
-        x = torch.relu(self.fc2(x))
-        return self.fc3(x)
-
+from pytorch_net import Net  # noqa: E402  (the example's Net, after the torch check)
 
 net = Net().cuda()
 optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)

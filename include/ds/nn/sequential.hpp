@@ -44,6 +44,18 @@ struct LayerRange {
     std::size_t offset, count;
 };
 
+/// The per-layer hooks of a model whose parameters are one flat buffer of `T` and whose
+/// gradients add into one flat buffer of `G` (no ZeRO: what `forward(x, batch, params)` uses).
+template <class T, class G>
+struct FlatHooks {
+    const T* params;
+    G* grads;
+    const T* parameters(LayerRange r) { return params + r.offset; }
+    G* gradients(LayerRange r) { return grads + r.offset; }
+    void forward_done(LayerRange) {}
+    void backward_done(LayerRange) {}
+};
+
 namespace detail {
 
 template <class Input, class... Layers>
@@ -369,7 +381,7 @@ public:
     /// parameters from one flat buffer.
     /// @returns the output, `batch × output_shape::size` values owned by the model
     const T* forward(const T* x, std::size_t batch, const T* params) {
-        FlatHooks<T> hooks{params, nullptr};
+        FlatHooks<T, T> hooks{params, nullptr};
         return forward(x, batch, hooks);
     }
 
@@ -377,7 +389,7 @@ public:
     /// into `grads` (same layout as the parameters). No gradient is formed for the input.
     template <class G>
     void backward(const T* grad_output, const T* params, G* grads) {
-        FlatHooks<G> hooks{params, grads};
+        FlatHooks<T, G> hooks{params, grads};
         backward(grad_output, hooks);
     }
 
@@ -432,17 +444,6 @@ private:
     static constexpr std::size_t in_size = layer_t<I>::input_shape::size;
     template <std::size_t I>
     static constexpr std::size_t out_size = layer_t<I>::output_shape::size;
-
-    /// Hooks over one flat parameter buffer and one flat gradient buffer of dtype G.
-    template <class G>
-    struct FlatHooks {
-        const T* params;
-        G* grads;
-        const T* parameters(LayerRange r) { return params + r.offset; }
-        G* gradients(LayerRange r) { return grads + r.offset; }
-        void forward_done(LayerRange) {}
-        void backward_done(LayerRange) {}
-    };
 
     template <std::size_t I, class Hooks>
     void forward_layer(std::size_t batch, Hooks& hooks) {

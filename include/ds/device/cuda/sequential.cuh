@@ -103,11 +103,11 @@ public:
 
     /// The same over one flat device parameter buffer and one flat gradient buffer.
     const float* forward(const float* x, std::size_t batch, const float* params) {
-        FlatHooks hooks{params, nullptr};
+        nn::FlatHooks<float, float> hooks{params, nullptr};
         return forward(x, batch, hooks);
     }
     void backward(const float* grad_output, const float* params, float* grads) {
-        FlatHooks hooks{params, grads};
+        nn::FlatHooks<float, float> hooks{params, grads};
         backward(grad_output, hooks);
     }
 
@@ -118,15 +118,6 @@ public:
     }
 
 private:
-    struct FlatHooks {
-        const float* params;
-        float* grads;
-        const float* parameters(LayerRange r) { return params + r.offset; }
-        float* gradients(LayerRange r) { return grads + r.offset; }
-        void forward_done(LayerRange) {}
-        void backward_done(LayerRange) {}
-    };
-
     template <std::size_t I>
     const float* layer_input() const {
         if constexpr (I == 0) return input_;

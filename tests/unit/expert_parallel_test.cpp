@@ -181,7 +181,7 @@ std::vector<float> averaged_gradient(Engine& engine, ds::comm::Threads& world) {
 }
 
 /// `steps` SGD steps on rank r's `per_rank` samples of each global batch of per_rank × ranks.
-template <int Stage, class Net>
+template <int Stage, class Net, class P = ds::FP32>
 EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps, std::size_t per_rank = micro) {
     ds::Config cfg{.train_batch_size = static_cast<std::int64_t>(per_rank) * comm.size(),
                    .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.05, .momentum = 0.9}},
@@ -189,7 +189,8 @@ EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps, s
                    .zero_allow_untested_optimizer = true,
                    .seed = 7};
     cfg.zero_optimization.stage = Stage;
-    ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
+    cfg.bf16.enabled = std::is_same_v<P, ds::BF16>;
+    ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
     engine.configure_moe(settings);
     const auto data = ds::data::make_synthetic(per_rank * static_cast<std::size_t>(comm.size() * steps), 1, 16, 16, 10, 9);
     std::vector<float> x(per_rank * image);
@@ -202,10 +203,11 @@ EngineRun run_engine(ds::comm::Threads& comm, MoESettings settings, int steps, s
         for (std::size_t j = 0; j < per_rank; ++j) labels[j] = data.get(first + j, x.data() + j * image);
         const auto out = engine.forward(x);
         engine.backward(ds::nn::CrossEntropyLoss{10}(out, labels));
-        if (step == 0) {  // its own communicators: the engine's counters stay the engine's
-            ds::comm::Threads world = comm.split(0, comm.rank());
-            run.gradient = averaged_gradient<Stage, Net>(engine, world);
-        }
+        if constexpr (std::is_same_v<P, ds::FP32>)
+            if (step == 0) {  // its own communicators: the engine's counters stay the engine's
+                ds::comm::Threads world = comm.split(0, comm.rank());
+                run.gradient = averaged_gradient<Stage, Net>(engine, world);
+            }
         engine.step();
         run.norms.push_back(engine.get_global_grad_norm());
     }
@@ -305,6 +307,32 @@ TEST_CASE("expert parallelism: 2 and 4 ranks with ep 2 train as one rank on the 
         for (std::size_t i = 0; i < one.gradient.size(); ++i)
             worst = std::max(worst, relative(split[0].gradient[i], one.gradient[i]));
         CHECK(worst < 1e-5);
+    }
+}
+
+TEST_CASE("expert parallelism in bf16 at ZeRO stage 2: ep 2 trains as ep 1, within bf16 rounding") {
+    // Mixed precision: bf16 parameters and activations, bf16 gradients reduced per group,
+    // fp32 master weights of each group's partition. The experts' products run on other row
+    // counts with ep 2, so an output may round to the other bf16 neighbour: 1e-3, not 1e-5.
+    using Net = EngineNet<MoEMlp::residual, 2, 4>;
+    const MoESettings example{.k = 1, .min_capacity = 0, .noisy_gate_policy = NoisyGate::rsample};
+    constexpr int steps = 3, ranks = 2;
+    std::vector<EngineRun> dense(ranks), split(ranks);
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+        dense[static_cast<std::size_t>(comm.rank())] = run_engine<2, Net, ds::BF16>(comm, example, steps);
+    });
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
+        split[static_cast<std::size_t>(comm.rank())] =
+            run_engine<2, Net::with_expert_parallel<2>, ds::BF16>(comm, example, steps);
+    });
+    for (std::size_t r = 0; r < ranks; ++r) {
+        INFO("rank " << r);
+        for (int s = 0; s < steps; ++s) CHECK(relative(split[r].norms[s], dense[r].norms[s]) < 1e-3);
+        REQUIRE(split[r].params.size() == dense[r].params.size());
+        double worst = 0;
+        for (std::size_t i = 0; i < dense[r].params.size(); ++i)
+            worst = std::max(worst, relative(split[r].params[i], dense[r].params[i]));
+        CHECK(worst < 1e-3);  // measured 1e-4: a few bf16 roundings went the other way
     }
 }
 

@@ -1,6 +1,7 @@
 // The CUDA backend's kernels against the CPU backend on fresh random data: the fused
 // optimizer update (Adam, AdamW, Lion, SGD; fp32/bf16/fp16 gradients; fp32/bf16/fp16
-// compute copies), the float64 squared norm and its overflow signal, the casts, the layer
+// compute copies) and `cuda::FlatOptimizer` stepping two parts, the float64 squared norm and
+// its overflow signal, the casts, the layer
 // kernels (im2col/col2im, max pool, ReLU, softmax cross-entropy) against host runs of the
 // same shared math (tests/unit/nn_math_test.cpp ties that math to the CPU layers), cuBLASLt
 // products (fp32, TF32, bf16, fp16; every transpose; bias and bias+ReLU epilogues) against
@@ -10,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -23,6 +25,7 @@
 
 #include <ds/device/cuda/convert.cuh>
 #include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/flat_optimizer.cuh>
 #include <ds/device/cuda/gemm.hpp>
 #include <ds/device/cuda/layer_kernels.cuh>
 #include <ds/device/cuda/memory.hpp>
@@ -98,6 +101,55 @@ void check_optimizer_step() {
         std::size_t mismatches = 0;
         for (std::size_t i = 0; i < n; ++i) mismatches += compute[i].bits != T(got[i]).bits;
         CHECK(mismatches == 0);  // the compute copy is the rounding of the fp32 value, in the same pass
+    }
+}
+
+/// `cuda::FlatOptimizer` over two parts (a model with experts has two) against
+/// `ds::FlatOptimizer` over the same parts: 3 steps with a clip factor and, on the second,
+/// OneCycle-style β overrides; the states follow the parts end to end on both.
+template <class G, class T>
+void check_flat_optimizer_parts() {
+    using Opt = ds::Adam<>;
+    constexpr std::size_t first = 1'000, second = 777;
+    auto params = random_values<float>(first + second, 21);
+    std::vector<float> cpu_params = params;
+    ds::FlatOptimizer<Opt> cpu(Opt::defaults, first + second);
+    ds::cuda::Stream stream;
+    ds::cuda::FlatOptimizer<Opt> gpu(Opt::defaults, first + second, stream);
+    auto d_params = to_device(params);
+    ds::cuda::DeviceBuffer<T> d_compute(first + second);
+    for (int step = 1; step <= 3; ++step) {
+        const auto grads = random_values<G>(first + second, 30 + static_cast<std::uint64_t>(step), 2.0f);
+        const auto d_grads = to_device(grads);
+        DS_CUDA_CHECK(cudaDeviceSynchronize());  // legacy-stream copies before `stream` reads them
+        const std::optional<double> beta1 = step == 2 ? std::optional(0.8) : std::nullopt;
+        const std::optional<double> beta2 = step == 2 ? std::optional(0.99) : std::nullopt;
+        const ds::ShardPart<G> cpu_parts[2] = {{cpu_params.data(), grads.data(), first},
+                                               {cpu_params.data() + first, grads.data() + first, second}};
+        cpu.step(std::span<const ds::ShardPart<G>>(cpu_parts), 0.5f, 1e-2, beta1, beta2, std::span<const ds::Segment>{});
+        const ds::ShardPart<G> gpu_parts[2] = {{d_params.data(), d_grads.data(), first},
+                                               {d_params.data() + first, d_grads.data() + first, second}};
+        T* const copies[2] = {d_compute.data(), d_compute.data() + first};
+        if constexpr (std::is_same_v<T, float>)
+            gpu.step(std::span<const ds::ShardPart<G>>(gpu_parts), 0.5f, 1e-2, beta1, beta2);
+        else
+            gpu.step(std::span<const ds::ShardPart<G>>(gpu_parts), 0.5f, 1e-2, beta1, beta2, std::span<T* const>(copies));
+        stream.synchronize();
+    }
+    CHECK(gpu.step_count() == cpu.step_count());
+    const auto got = to_host(d_params);
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, relative(got[i], cpu_params[i]));
+    CHECK(worst < 1e-5);
+    const auto m = gpu.state(0);
+    worst = 0;
+    for (std::size_t i = 0; i < m.size(); ++i) worst = std::max(worst, relative(m[i], cpu.state(0)[i]));
+    CHECK(worst < 1e-5);
+    if constexpr (!std::is_same_v<T, float>) {
+        const auto compute = to_host(d_compute);
+        std::size_t mismatches = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) mismatches += compute[i].bits != T(got[i]).bits;
+        CHECK(mismatches == 0);
     }
 }
 
@@ -317,6 +369,11 @@ TEST_CASE("layer kernels give the host's results of the same shared math") {
     worst = 0;
     for (std::size_t i = 0; i < grad.size(); ++i) worst = std::max(worst, relative(got_grad[i], grad[i], 1e-6));
     CHECK(worst < 1e-5);
+}
+
+TEST_CASE("cuda::FlatOptimizer steps two parts as ds::FlatOptimizer does (fp32; bf16 gradients and copy)") {
+    check_flat_optimizer_parts<float, float>();
+    check_flat_optimizer_parts<ds::bf16, ds::bf16>();
 }
 
 TEST_CASE("the caching allocator reuses freed blocks; failures are CudaError with the call and the message") {

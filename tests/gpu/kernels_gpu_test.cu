@@ -133,7 +133,8 @@ void check_flat_optimizer_parts() {
         if constexpr (std::is_same_v<T, float>)
             gpu.step(std::span<const ds::ShardPart<G>>(gpu_parts), 0.5f, 1e-2, beta1, beta2);
         else
-            gpu.step(std::span<const ds::ShardPart<G>>(gpu_parts), 0.5f, 1e-2, beta1, beta2, std::span<T* const>(copies));
+            gpu.step(std::span<const ds::ShardPart<G>>(gpu_parts), 0.5f, 1e-2, beta1, beta2, {},
+                     std::span<T* const>(copies));
         stream.synchronize();
     }
     CHECK(gpu.step_count() == cpu.step_count());

@@ -305,6 +305,12 @@ private:
     }
 };
 
+/// The `type` of the struct holding a params member (optimizer or scheduler).
+template <class Parent, class Member>
+auto type_beside(const Parent& parent, const Member&) {
+    return parent.type;
+}
+
 /// Writes one config member as JSON; `complete` also writes unset values (as null) and
 /// every params key whatever the type, for `dspp-config show-defaults`.
 template <class T>
@@ -325,8 +331,11 @@ Json write(const T& value, bool complete) {
                     Json accepted = Json::object();
                     for (const auto& [key, v] : params.items()) {
                         bool ok = false;
-                        if constexpr (std::is_same_v<Member, OptimizerParams>) ok = optimizer_accepts(value.type, key);
-                        else ok = scheduler_accepts(value.type, key);
+                        // `type` is the enclosing struct's; reached through `member` so the
+                        // expression depends on it (nvcc checks non-dependent ones in discarded branches).
+                        const auto type = type_beside(value, member);
+                        if constexpr (std::is_same_v<Member, OptimizerParams>) ok = optimizer_accepts(type, key);
+                        else ok = scheduler_accepts(type, key);
                         if (ok) accepted[key] = v;
                     }
                     params = std::move(accepted);

@@ -23,6 +23,7 @@
 #include <ds/config/json.hpp>
 #include <ds/device/cpu/convert.hpp>
 #include <ds/device/cpu/simd.hpp>
+#include <ds/engine/device_traits.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
 #include <ds/nn/cross_entropy.hpp>
@@ -64,12 +65,16 @@ struct MemoryReport {
 /// Ranks talk through `Comm` (`comm::Single` by default; `comm::Mpi` under mpirun,
 /// `comm::Threads` for in-process tests); `ZeroState` keeps what stage Z partitions.
 ///
-/// So far: `Cpu`, every ZeRO stage and precision. `Cuda` is refused at compile time until
-/// its issue lands, never run as something else.
+/// The device policy `D` picks, through `DeviceTraits<D>`, where the model runs and where
+/// its states live: `Cpu` (every ZeRO stage and precision), or `Cuda` with
+/// `ds/device/cuda/engine.cuh` included (so far fp32 at stage 0; the communicator must take
+/// device buffers: `comm::Single`, `comm::Nccl`, `comm::CudaMpi`).
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
 class Engine {
-    static_assert(std::is_same_v<D, Cpu>, "ds::Engine: only ds::Cpu is built so far");
+    static_assert(requires { typename DeviceTraits<D>::Context; },
+                  "ds::Engine: no DeviceTraits for this device policy (for ds::Cuda include <ds/device/cuda/engine.cuh>)");
+    using traits = DeviceTraits<D>;
     static_assert(!(Z::partitions_parameters && requires { requires Model::contains_moe; }),
                   "ds::Engine: Mixture of Experts is not supported with ZeRO stage 3 (DeepSpeed: \"MoE not "
                   "supported with Stage 3\"); use ds::Zero<0>, <1> or <2>");
@@ -79,10 +84,10 @@ public:
     using compute_type = typename P::compute_type;  ///< parameters and activations
     using grad_type = grad_accumulation_t<P, Z>;     ///< gradients as accumulated across micro-steps
     using scaler_type = typename loss_scaler_of<P>::type;
-    /// The model with its values stored in the compute dtype.
-    using network_type = typename Model::template with_storage<compute_type>;
+    /// The model with its values stored in the compute dtype, on the device.
+    using network_type = typename traits::template network<Model, compute_type>;
     using policies = Policies<Opt, Z, P, D>;
-    using optimizer_type = FlatOptimizer<Opt>;
+    using optimizer_type = typename traits::template optimizer<Opt>;
     using communicator_type = Comm;
     /// The model with every expert, as one rank without expert parallelism holds it: the
     /// layout of `full_parameters()` (the model itself when it has no experts split).
@@ -109,18 +114,18 @@ public:
           batch_(batch_sizes(cfg_, comm_.size())),
           expert_parallel_(make_expert_parallel_group(comm_)),
           expert_data_parallel_(make_expert_data_parallel_group(comm_)),
-          model_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu)),
-          zero_(comm_, expert_data_parallel_ ? *expert_data_parallel_ : comm_, cfg_, initial_parameters(comm_, cfg_)),
+          model_(traits::template make_network<network_type>(micro_batch(), device_)),
+          zero_(traits::template make_state<state_type>(device_, comm_,
+                                                        expert_data_parallel_ ? *expert_data_parallel_ : comm_, cfg_,
+                                                        initial_parameters(comm_, cfg_))),
           scaler_(make_scaler(cfg_)),
-          optimizer_(cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
-                     zero_.optimizer_elements()),
+          optimizer_(traits::template make_optimizer<optimizer_type>(
+              device_,
+              cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
+              zero_.optimizer_elements())),
           scheduler_(cfg_.scheduler, optimizer_.hyper().lr, beta1_of(optimizer_.hyper())),
-          input_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * input_size),
-          scaled_grad_output_(static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu) * output_size) {
-        if constexpr (!std::is_same_v<compute_type, float>) {
-            logits_.resize(scaled_grad_output_.size());
-            grad_output_.resize(scaled_grad_output_.size());
-        }
+          io_(micro_batch() * input_size, micro_batch() * output_size, device_),
+          scaled_grad_output_(micro_batch() * output_size) {
         if constexpr (Z::partitions_optimizer_states) {
             std::size_t at = 0;  // a group's partition is one tensor (SPEC §2.2)
             for (const auto& part : zero_.shard_parts()) tensors_.push_back({at, part.count}), at += part.count;
@@ -146,16 +151,10 @@ public:
         if (batch > model_.max_batch())
             throw std::invalid_argument("Engine::forward: batch of " + std::to_string(batch) +
                                         " exceeds train_micro_batch_size_per_gpu " + std::to_string(model_.max_batch()));
-        cpu::convert(inputs.data(), input_.data(), inputs.size());
         batch_in_flight_ = batch;
         zero_.begin_pass(Pass::forward);
-        const compute_type* out = model_.forward(input_.data(), batch, zero_);
-        if constexpr (std::is_same_v<compute_type, float>) {
-            return {out, batch * output_size};
-        } else {
-            cpu::convert(out, logits_.data(), batch * output_size);
-            return {logits_.data(), batch * output_size};
-        }
+        const compute_type* out = model_.forward(io_.upload_inputs(inputs), batch, zero_);
+        return io_.download_outputs(out, batch * output_size);
     }
 
     /// Backward from `loss` (whose gradient is with respect to the last forward's outputs),
@@ -173,15 +172,8 @@ public:
             for (std::size_t i = 0; i < n; ++i) scaled_grad_output_[i] = loss.grad_output[i] * factor;
             scaled = scaled_grad_output_.data();
         }
-        const compute_type* grad_output;
-        if constexpr (std::is_same_v<compute_type, float>) {
-            grad_output = scaled;
-        } else {
-            cpu::convert(scaled, grad_output_.data(), n);
-            grad_output = grad_output_.data();
-        }
         zero_.begin_pass(Pass::backward);
-        model_.backward(grad_output, zero_);
+        model_.backward(io_.upload_grad_output(scaled, n), zero_);
         zero_.backward_finished();
         return loss.value / gas;
     }
@@ -315,9 +307,8 @@ public:
         r.gradients = zero_.gradient_bytes();
         r.master_weights = zero_.master_bytes();
         r.optimizer_states = optimizer_.state_bytes();
-        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + input_.size() * sizeof(compute_type) +
-                    (logits_.size() + scaled_grad_output_.size()) * sizeof(float) +
-                    grad_output_.size() * sizeof(compute_type);
+        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + io_.buffer_bytes() +
+                    scaled_grad_output_.size() * sizeof(float);
         return r;
     }
 
@@ -341,6 +332,10 @@ private:
         else return scaler_type(1.0);
     }
 
+    using state_type = typename traits::template state<Z, P, Model, Comm>;
+
+    std::size_t micro_batch() const { return static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu); }
+
     static std::unique_ptr<comm::ExpertExchange> make_expert_parallel_group(Comm& world) {
         if constexpr (expert_parallel_size > 1)
             return std::make_unique<comm::ExpertParallelGroup<Comm>>(world, static_cast<int>(expert_parallel_size));
@@ -354,12 +349,13 @@ private:
 
     /// Every rank draws the same initial weights from the seed; rank 0's are broadcast anyway,
     /// as DeepSpeed does, so ranks can never start apart (every expert starts as the same
-    /// copy, so the experts of every EP rank are these too).
+    /// copy, so the experts of every EP rank are these too). Where the communicator takes
+    /// device buffers the state broadcasts its copy on the device instead.
     static std::vector<float> initial_parameters(Comm& comm, const Config& cfg) {
         std::vector<float> initial(param_count);
         Rng rng(static_cast<std::uint64_t>(cfg.seed));
         Model::init(initial.data(), rng);
-        comm.broadcast(initial.data(), initial.size(), 0);
+        if constexpr (traits::host_buffers) comm.broadcast(initial.data(), initial.size(), 0);
         return initial;
     }
 
@@ -445,20 +441,20 @@ private:
         log_line(LogLevel::info, line.str());
     }
 
+    [[no_unique_address]] typename traits::Context device_;  ///< first: the others run on it
     Comm comm_;
     Config cfg_;
     BatchSizes batch_;
     std::unique_ptr<comm::ExpertExchange> expert_parallel_;  ///< experts split over ep > 1 ranks: the blocked group
     std::optional<Comm> expert_data_parallel_;              ///< ... and the strided one (else the world)
     network_type model_;
-    ZeroState<Z, P, Model, Comm> zero_;
+    state_type zero_;
     scaler_type scaler_;
     optimizer_type optimizer_;
     sched::LRScheduler scheduler_;
     std::vector<Segment> tensors_;
-    std::vector<compute_type> input_;
-    std::vector<float> scaled_grad_output_, logits_;  ///< fp32 views of the outputs and of their scaled gradient
-    std::vector<compute_type> grad_output_;
+    typename traits::template Io<compute_type> io_;  ///< batches in, outputs out
+    std::vector<float> scaled_grad_output_;          ///< the loss gradient × scale / GAS, fp32
     std::size_t batch_in_flight_ = 0;
     std::int64_t global_steps_ = 0, global_samples_ = 0, skipped_steps_ = 0, micro_steps_ = 0;
     int consecutive_skips_ = 0;

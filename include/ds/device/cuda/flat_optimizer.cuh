@@ -54,11 +54,13 @@ public:
 
     /// One step over the parts laid end to end (the states follow their order): gradients
     /// widened and multiplied by `grad_factor` as they are read, learning rate `lr`, β1/β2
-    /// replaced when given (OneCycle's momentum). `compute`, when not null, receives each
-    /// part's updated values rounded to T (mixed precision), part by part like `parts`.
+    /// replaced when given (OneCycle's momentum). `tensors` is `ds::FlatOptimizer`'s
+    /// per-tensor layout, unused by element-wise optimizers. `compute`, when given, receives
+    /// each part's updated values rounded to T (mixed precision), part by part like `parts`.
     template <storage_float G, class T = float>
     void step(std::span<const ShardPart<G>> parts, float grad_factor, double lr, std::optional<double> beta1,
-              std::optional<double> beta2, std::span<T* const> compute = {}) {
+              std::optional<double> beta2, std::span<const Segment> /*tensors*/ = {},
+              std::span<T* const> compute = {}) {
         Hyper h = hyper_;
         if constexpr (requires { h.betas; }) {
             if (beta1) h.betas[0] = *beta1;

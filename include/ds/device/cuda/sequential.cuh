@@ -78,6 +78,14 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
     LayerContext& context() { return ctx_; }
+    /// No layer of the Net behaves differently in eval (MoE has no CUDA layer yet).
+    void set_training(bool) {}
+    /// Bytes of activations and backward work buffers on the device.
+    std::size_t buffer_bytes() const {
+        std::size_t n = grad_a_.bytes() + grad_b_.bytes();
+        for (const auto& a : activations_) n += a.bytes();
+        return n;
+    }
 
     /// Runs the layers on `batch` device samples at `x` (kept by pointer until `backward`),
     /// asking `hooks.parameters(range)` for each layer's device parameters.

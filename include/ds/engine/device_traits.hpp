@@ -1,0 +1,90 @@
+#pragma once
+/// @file
+/// `ds::DeviceTraits<D>`: what `ds::Engine` takes from its device policy — the model's,
+/// the ZeRO state's and the optimizer's types, how they are built, and how a batch goes in
+/// and the outputs come out. The engine's step is the same on every device; these are the
+/// parts that differ. `Cpu`'s are here; `Cuda`'s in `ds/device/cuda/engine.cuh` (included by
+/// name: it needs nvcc).
+
+#include <cstddef>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include <ds/config/config.hpp>
+#include <ds/device/cpu/convert.hpp>
+#include <ds/engine/flat_optimizer.hpp>
+#include <ds/engine/zero_state.hpp>
+#include <ds/policy/device.hpp>
+
+namespace ds {
+
+/// Specialised per device policy; an engine on a device without one does not compile.
+template <class D>
+struct DeviceTraits;
+
+template <>
+struct DeviceTraits<Cpu> {
+    /// Nothing to hold: host memory, OpenBLAS, OpenMP.
+    struct Context {};
+    /// The parameters live in host memory, so the initial broadcast goes through them there.
+    static constexpr bool host_buffers = true;
+
+    template <class Model, class T>
+    using network = typename Model::template with_storage<T>;
+    template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
+    using state = ZeroState<Z, P, Model, Comm>;
+    template <optimizer Opt>
+    using optimizer = FlatOptimizer<Opt>;
+
+    template <class Network>
+    static Network make_network(std::size_t max_batch, Context&) {
+        return Network(max_batch);
+    }
+    template <class State, class Comm>
+    static State make_state(Context&, Comm& world, Comm& experts, const Config& cfg, std::span<const float> initial) {
+        return State(world, experts, cfg, initial);
+    }
+    template <class Optimizer>
+    static Optimizer make_optimizer(Context&, const typename Optimizer::Hyper& hyper, std::size_t elements) {
+        return Optimizer(hyper, elements);
+    }
+
+    /// A batch into the model's dtype and the outputs back as fp32, through host buffers.
+    template <class T>
+    class Io {
+    public:
+        Io(std::size_t inputs, std::size_t outputs, Context&) : input_(inputs) {
+            if constexpr (!std::is_same_v<T, float>) logits_.resize(outputs), grad_output_.resize(outputs);
+        }
+        const T* upload_inputs(std::span<const float> inputs) {
+            cpu::convert(inputs.data(), input_.data(), inputs.size());
+            return input_.data();
+        }
+        std::span<const float> download_outputs(const T* outputs, std::size_t n) {
+            if constexpr (std::is_same_v<T, float>) {
+                return {outputs, n};
+            } else {
+                cpu::convert(outputs, logits_.data(), n);
+                return {logits_.data(), n};
+            }
+        }
+        const T* upload_grad_output(const float* grad, std::size_t n) {
+            if constexpr (std::is_same_v<T, float>) {
+                return grad;
+            } else {
+                cpu::convert(grad, grad_output_.data(), n);
+                return grad_output_.data();
+            }
+        }
+        std::size_t buffer_bytes() const {
+            return (input_.size() + grad_output_.size()) * sizeof(T) + logits_.size() * sizeof(float);
+        }
+
+    private:
+        std::vector<T> input_, grad_output_;
+        std::vector<float> logits_;  ///< fp32 copy of 2-byte outputs
+    };
+};
+
+}  // namespace ds

@@ -13,10 +13,8 @@
 
 #include "device_or_skip.hpp"
 
-#include <ds/data/synthetic.hpp>
 #include <ds/device/cuda/engine.cuh>
 #include <ds/engine/engine.hpp>
-#include <ds/nn/cross_entropy.hpp>
 
 #include "cifar10/net.hpp"
 #include "gpu/engine_reference.hpp"
@@ -39,19 +37,9 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
 
     GpuEngine engine(engine_test_config());
     CHECK(engine.world_size() == 1);
-    const auto data = ds::data::make_synthetic(16 * steps, 3, 32, 32, 10, 6);
-    std::vector<float> x(16 * cifar10::CifarNet::input_shape::size);
-    std::vector<std::int32_t> labels(16);
-    std::vector<double> losses;
-    for (int s = 0; s < steps; ++s) {
-        for (std::size_t j = 0; j < 16; ++j)
-            labels[j] = data.get(static_cast<std::size_t>(s) * 16 + j, x.data() + j * cifar10::CifarNet::input_shape::size);
-        const auto loss = ds::nn::CrossEntropyLoss{10}(engine.forward(x), labels);
-        engine.backward(loss);
-        engine.step();
-        losses.push_back(loss.value);
-        CHECK(std::isfinite(engine.get_global_grad_norm()));
-    }
+    const TrainingRun gpu = train_steps(engine, steps);
+    const std::vector<double>& losses = gpu.losses;
+    CHECK(std::isfinite(engine.get_global_grad_norm()));
     CHECK(engine.global_steps() == steps);
     CHECK(engine.optimizer().step_count() == steps);
     // fp32 on both; the GPU sums in other orders (cuBLASLt, im2col GEMMs), so the runs part
@@ -60,7 +48,7 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
     for (int s = 0; s < steps; ++s) worst = std::max(worst, relative(losses[s], cpu.losses[s], 1e-3));
     CHECK(worst < 1e-3);
     CHECK(losses.back() < losses.front());  // it learns (the synthetic classes are separable)
-    const auto params = engine.full_parameters();
+    const std::vector<float>& params = gpu.params;
     REQUIRE(params.size() == cpu.params.size());
     worst = 0;
     for (std::size_t i = 0; i < params.size(); ++i) worst = std::max(worst, relative(params[i], cpu.params[i], 1e-2));

@@ -294,14 +294,14 @@ TEST_CASE("layer kernels give the host's results of the same shared math") {
     constexpr std::size_t C = 6, H = 28, W = 28, K = 5, S = 2, batch = 5;
     using Cols = ds::nn::math::Im2Col<C, H, W, K>;
     const auto x = random_values<float>(batch * C * H * W, 21);
-    // im2col and its gradient: exact (the same loads and the same order of additions).
+    // The batch's columns and their gradient: exact (the same loads and the same order of additions).
     std::vector<float> col(batch * Cols::col_size), back(x.size());
-    for (std::size_t i = 0; i < col.size(); ++i) Cols::gather(i, x.data(), col.data());
-    for (std::size_t i = 0; i < back.size(); ++i) Cols::scatter_back(i, col.data(), back.data());
+    for (std::size_t i = 0; i < col.size(); ++i) Cols::gather_batch(i, x.data(), col.data(), batch);
+    for (std::size_t i = 0; i < back.size(); ++i) Cols::scatter_back_batch(i, col.data(), back.data(), batch);
     const auto d_x = to_device(x);
     ds::cuda::DeviceBuffer<float> d_col(col.size()), d_back(back.size());
-    ds::cuda::im2col<C, H, W, K>(d_x.data(), d_col.data(), batch, nullptr);
-    ds::cuda::col2im<C, H, W, K>(d_col.data(), d_back.data(), batch, nullptr);
+    ds::cuda::im2col_batch<C, H, W, K>(d_x.data(), d_col.data(), batch, nullptr);
+    ds::cuda::col2im_batch<C, H, W, K>(d_col.data(), d_back.data(), batch, nullptr);
     CHECK(to_host(d_col) == col);
     CHECK(to_host(d_back) == back);
     // Max pooling forward and backward on 27 × 27 (the last row and column are in no

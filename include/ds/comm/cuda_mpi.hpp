@@ -38,9 +38,7 @@ public:
 
     template <class T>
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
-        T* host = to_host(send_, buf, n);
-        mpi_.all_reduce(host, n, op);
-        to_device(buf, host, n);
+        staged_in_place(buf, n, [&](T* host) { mpi_.all_reduce(host, n, op); });
     }
     template <class T>
     void reduce_scatter(const T* in, T* out, std::size_t n, ReduceOp op) {
@@ -61,9 +59,7 @@ public:
     }
     template <class T>
     void broadcast(T* buf, std::size_t n, int root) {
-        T* host = to_host(send_, buf, n);
-        mpi_.broadcast(host, n, root);
-        to_device(buf, host, n);
+        staged_in_place(buf, n, [&](T* host) { mpi_.broadcast(host, n, root); });
     }
     template <class T>
     void all_to_all(const T* in, T* out, std::size_t n) {
@@ -119,6 +115,13 @@ private:
         T* result = receive_.as<T>(out_n);
         collective(host, result);
         to_device(out, result, out_n);
+    }
+    /// n device values to the host, `collective(host)` on them in place, and back.
+    template <class T, class Collective>
+    void staged_in_place(T* buf, std::size_t n, Collective&& collective) {
+        T* host = to_host(send_, buf, n);
+        collective(host);
+        to_device(buf, host, n);
     }
     template <class T>
     void to_device(T* device, const T* host, std::size_t n) {

@@ -104,7 +104,6 @@ public:
     /// The averaging all-reduce over the world, in `reduce_bucket_size` pieces: ÷ predivide
     /// factor, SUM, × factor / dp, or ÷ dp then SUM with `prescale_gradients`.
     void reduce_gradients() {
-        synchronize();  // the backward's kernels are done before any communicator reads
         const auto bucket = static_cast<std::size_t>(cfg_.zero_optimization.reduce_bucket_size);
         const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
         for (std::size_t first = 0; first < psi; first += bucket) {
@@ -112,7 +111,7 @@ public:
             const std::size_t n = std::min(bucket, psi - first);
             if (cfg_.prescale_gradients) scale(values, n, static_cast<float>(1.0 / dp), stream_);
             else if (f != 1.0) scale(values, n, static_cast<float>(1.0 / f), stream_);
-            synchronize();
+            synchronize();  // the backward's and the scaling's kernels are done before a communicator reads
             comm_.all_reduce(values, n, comm::ReduceOp::sum);
             if (!cfg_.prescale_gradients && f != dp) scale(values, n, static_cast<float>(f / dp), stream_);
         }
@@ -134,9 +133,8 @@ public:
         return host;
     }
     void set_full_parameters(std::span<const float> values) {
-        synchronize();
-        params_.copy_from(values);
-        DS_CUDA_CHECK(cudaDeviceSynchronize());  // the copy ran on the legacy stream
+        params_.copy_from(values, stream_);
+        synchronize();  // `values` may go away when we return
     }
 
     std::size_t parameter_bytes() const { return params_.bytes(); }

@@ -36,18 +36,6 @@ void for_each_index(std::size_t n, const F& f, cudaStream_t stream) {
     DS_CUDA_CHECK_LAUNCH();
 }
 
-template <class Shape>
-struct Gather {
-    const float* in;
-    float* col;
-    __device__ void operator()(std::size_t i) const { Shape::gather(i, in, col); }
-};
-template <class Shape>
-struct ScatterBack {
-    const float* dcol;
-    float* dx;
-    __device__ void operator()(std::size_t i) const { Shape::scatter_back(i, dcol, dx); }
-};
 
 template <class Shape>
 struct GatherBatch {
@@ -152,25 +140,14 @@ struct SoftmaxCrossEntropy {
 
 }  // namespace detail
 
-/// The columns of `batch` C × H × W images for K × K filters (`nn::math::Im2Col`).
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
-void im2col(const float* in, float* col, std::size_t batch, cudaStream_t stream) {
-    using Shape = nn::math::Im2Col<C, H, W, K>;
-    detail::for_each_index(batch * Shape::col_size, detail::Gather<Shape>{in, col}, stream);
-}
-/// The input gradient from the columns' gradient.
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
-void col2im(const float* dcol, float* dx, std::size_t batch, cudaStream_t stream) {
-    using Shape = nn::math::Im2Col<C, H, W, K>;
-    detail::for_each_index(batch * Shape::image_size, detail::ScatterBack<Shape>{dcol, dx}, stream);
-}
-/// The batch's columns side by side (`nn::math::Im2Col::gather_batch`): one GEMM then
-/// convolves the whole batch.
+/// The columns of `batch` C × H × W images for K × K filters, side by side
+/// (`nn::math::Im2Col::gather_batch`): one GEMM then convolves the whole batch.
 template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
 void im2col_batch(const float* in, float* col, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
     detail::for_each_index(batch * Shape::col_size, detail::GatherBatch<Shape>{in, col, batch}, stream);
 }
+/// The input gradient from the columns' gradient (`Im2Col::scatter_back_batch`).
 template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
 void col2im_batch(const float* dcol, float* dx, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;

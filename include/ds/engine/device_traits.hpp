@@ -30,6 +30,10 @@ struct DeviceTraits<Cpu> {
     /// The parameters live in host memory, so the initial broadcast goes through them there.
     static constexpr bool host_buffers = true;
 
+    /// The communicator the engine runs over: the one asked for.
+    template <class Comm>
+    using communicator = Comm;
+
     template <class Model, class T>
     using network = typename Model::template with_storage<T>;
     template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>

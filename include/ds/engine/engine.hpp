@@ -88,7 +88,9 @@ public:
     using network_type = typename traits::template network<Model, compute_type>;
     using policies = Policies<Opt, Z, P, D>;
     using optimizer_type = typename traits::template optimizer<Opt>;
-    using communicator_type = Comm;
+    /// The ranks' communicator: `Comm`, or the device's stand-in for it (on `Cuda`, a
+    /// `comm::Single` world becomes `comm::CudaSingle`, which copies device buffers).
+    using communicator_type = typename traits::template communicator<Comm>;
     /// The model with every expert, as one rank without expert parallelism holds it: the
     /// layout of `full_parameters()` (the model itself when it has no experts split).
     using full_model_type = typename Model::template with_expert_parallel<1>;
@@ -108,7 +110,7 @@ public:
     /// ranks, over which its MoE layers exchange tokens, and the strided expert-data-parallel
     /// groups its experts' gradients are reduced over.
     /// @throws std::invalid_argument when ep does not divide the world size
-    explicit Engine(const Config& cfg, Comm comm = Comm{})
+    explicit Engine(const Config& cfg, communicator_type comm = communicator_type{})
         : comm_(std::move(comm)),
           cfg_(validated(cfg, comm_.size())),
           batch_(batch_sizes(cfg_, comm_.size())),
@@ -224,7 +226,7 @@ public:
     int local_rank() const { return local_rank_; }
     int global_rank() const { return comm_.rank(); }
     std::int64_t world_size() const { return comm_.size(); }
-    Comm& communicator() { return comm_; }
+    communicator_type& communicator() { return comm_; }
     /// Ψ as the collectives move it (padded as this stage partitions).
     std::size_t padded_params() const { return zero_.padded_params(); }
     static constexpr bool fp16_enabled() { return P::scales_loss; }
@@ -332,16 +334,16 @@ private:
         else return scaler_type(1.0);
     }
 
-    using state_type = typename traits::template state<Z, P, Model, Comm>;
+    using state_type = typename traits::template state<Z, P, Model, communicator_type>;
 
     std::size_t micro_batch() const { return static_cast<std::size_t>(batch_.train_micro_batch_size_per_gpu); }
 
-    static std::unique_ptr<comm::ExpertExchange> make_expert_parallel_group(Comm& world) {
+    static std::unique_ptr<comm::ExpertExchange> make_expert_parallel_group(communicator_type& world) {
         if constexpr (expert_parallel_size > 1)
-            return std::make_unique<comm::ExpertParallelGroup<Comm>>(world, static_cast<int>(expert_parallel_size));
+            return std::make_unique<comm::ExpertParallelGroup<communicator_type>>(world, static_cast<int>(expert_parallel_size));
         else return nullptr;
     }
-    static std::optional<Comm> make_expert_data_parallel_group(Comm& world) {
+    static std::optional<communicator_type> make_expert_data_parallel_group(communicator_type& world) {
         if constexpr (expert_parallel_size > 1)
             return comm::expert_data_parallel_group(world, static_cast<int>(expert_parallel_size));
         else return std::nullopt;
@@ -351,7 +353,7 @@ private:
     /// as DeepSpeed does, so ranks can never start apart (every expert starts as the same
     /// copy, so the experts of every EP rank are these too). Where the communicator takes
     /// device buffers the state broadcasts its copy on the device instead.
-    static std::vector<float> initial_parameters(Comm& comm, const Config& cfg) {
+    static std::vector<float> initial_parameters(communicator_type& comm, const Config& cfg) {
         std::vector<float> initial(param_count);
         Rng rng(static_cast<std::uint64_t>(cfg.seed));
         Model::init(initial.data(), rng);
@@ -442,11 +444,11 @@ private:
     }
 
     [[no_unique_address]] typename traits::Context device_;  ///< first: the others run on it
-    Comm comm_;
+    communicator_type comm_;
     Config cfg_;
     BatchSizes batch_;
     std::unique_ptr<comm::ExpertExchange> expert_parallel_;  ///< experts split over ep > 1 ranks: the blocked group
-    std::optional<Comm> expert_data_parallel_;              ///< ... and the strided one (else the world)
+    std::optional<communicator_type> expert_data_parallel_;              ///< ... and the strided one (else the world)
     network_type model_;
     state_type zero_;
     scaler_type scaler_;

@@ -15,8 +15,7 @@
 
 #include <ds/comm/communicator.hpp>
 #include <ds/config/config.hpp>
-#include <ds/device/cpu/convert.hpp>
-#include <ds/device/cpu/simd.hpp>
+#include <ds/device/cpu/host_memory.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/partition.hpp>
 #include <ds/policy/precision.hpp>
@@ -53,8 +52,15 @@ enum class Pass { forward, backward };
 /// reduced and communicated) in `grad_accumulation_t<P, Z>`, and with mixed precision an
 /// fp32 master copy of exactly the optimizer's partition, rounded into the parameters after
 /// every step — the ZeRO paper's 2Ψ + 2Ψ + 12Ψ split.
-template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
+///
+/// `Memory` says where the buffers live and runs their element-wise work
+/// (`cpu::HostMemory`, or `cuda::DeviceMemory` on the compute stream, where `Comm` must take
+/// device buffers and order its collectives after that stream's work).
+template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm, class Memory = cpu::HostMemory>
 class ZeroState {
+    template <class T>
+    using Buffer = typename Memory::template buffer<T>;
+
 public:
     static constexpr std::size_t psi = Model::param_count;
     using Range = typename Model::LayerRange;
@@ -68,20 +74,20 @@ public:
 
     /// `experts` is the expert-data-parallel group (ignored without experts; `world` itself
     /// when every rank holds every expert).
-    ZeroState(Comm& world, Comm& experts, const Config& cfg, std::span<const float> initial)
-        : comm_(world), cfg_(cfg), rank_(static_cast<std::size_t>(world.rank())),
+    ZeroState(Comm& world, Comm& experts, const Config& cfg, std::span<const float> initial, Memory memory = {})
+        : mem_(std::move(memory)), comm_(world), cfg_(cfg), rank_(static_cast<std::size_t>(world.rank())),
           ranks_(static_cast<std::size_t>(world.size())), tensors_(segments(), ranks_),
           groups_(make_groups(world, experts)) {
         std::size_t widest = 0;
         for (const auto& r : Model::layer_ranges) widest = std::max(widest, r.count);
         if constexpr (Z::partitions_parameters) {
-            params_.assign(tensors_.shard, compute_type{});
-            grads_.assign(tensors_.shard, grad_type{});
-            layer_params_.resize(widest);
-            layer_grads_.resize(widest);
+            mem_.assign_zeros(params_, tensors_.shard);
+            mem_.assign_zeros(grads_, tensors_.shard);
+            mem_.assign_zeros(layer_params_, widest);
+            mem_.assign_zeros(layer_grads_, widest);
             std::size_t widest_tensor = 0;
             for (const auto& t : tensors_.tensors) widest_tensor = std::max(widest_tensor, t.chunk * ranks_);
-            gathered_.resize(widest_tensor);
+            mem_.assign_zeros(gathered_, widest_tensor);
             persistent_.resize(tensors_.tensors.size());
             std::size_t widest_gather = 0;  // Σ chunk·N over a layer's tensors
             for (const auto& r : Model::layer_ranges) {
@@ -90,27 +96,27 @@ public:
                     if (in_layer(t, r)) n += t.chunk * ranks_;
                 widest_gather = std::max(widest_gather, n);
             }
-            for (auto* g : {&now_, &next_}) g->receive.resize(widest_gather);
+            for (auto* g : {&now_, &next_}) mem_.assign_zeros(g->receive, widest_gather);
         } else {
             const Group& last = groups_.back();
-            params_.assign(last.storage + last.stored(), compute_type{});
+            mem_.assign_zeros(params_, last.storage + last.stored());
             if constexpr (Z::partitions_gradients) {
-                grads_.assign(last.shard_at + last.flat.shard, grad_type{});
+                mem_.assign_zeros(grads_, last.shard_at + last.flat.shard);
                 const auto bucket = static_cast<std::size_t>(cfg.zero_optimization.reduce_bucket_size);
                 for (std::size_t i = 0; i < group_count; ++i) {
                     Group& g = groups_[i];
                     std::size_t layer = 0;
                     for (const auto& r : i == 0 ? Model::layer_ranges : Model::expert_ranges)
                         layer = std::max(layer, r.count);
-                    g.layer_grads.resize(layer);
-                    g.bucket.resize(std::min(bucket, g.flat.padded));
+                    mem_.assign_zeros(g.layer_grads, layer);
+                    mem_.assign_zeros(g.bucket, std::min(bucket, g.flat.padded));
                 }
             } else {
-                grads_.assign(params_.size(), grad_type{});
-                if constexpr (Z::partitions_optimizer_states) reduced_.assign(last.shard_at + last.flat.shard, grad_type{});
+                mem_.assign_zeros(grads_, params_.size());
+                if constexpr (Z::partitions_optimizer_states) mem_.assign_zeros(reduced_, last.shard_at + last.flat.shard);
             }
         }
-        if constexpr (has_master) master_.assign(optimizer_elements(), 0.0f);
+        if constexpr (has_master) mem_.assign_zeros(master_, optimizer_elements());
         set_full_parameters(initial);
     }
 
@@ -143,11 +149,11 @@ public:
     void forward_done(Range) {}  // stage 3: the layer buffer is reused by the next layer: freed
     grad_type* gradients(Range r) {
         if constexpr (Z::partitions_parameters) {
-            std::fill_n(layer_grads_.begin(), r.count, grad_type{});
+            mem_.zero(layer_grads_.data(), r.count);
             return layer_grads_.data();
         } else if constexpr (Z::partitions_gradients) {
             Group& g = group_of(r.offset);
-            std::fill_n(g.layer_grads.begin(), r.count, grad_type{});
+            mem_.zero(g.layer_grads.data(), r.count);
             return g.layer_grads.data();
         } else {
             return grads_.data() + stored_at(r.offset);
@@ -177,11 +183,11 @@ public:
             for (Group& g : groups_) {
                 grad_type* full = grads_.data() + g.storage;
                 if (cfg_.zero_optimization.reduce_scatter) {
-                    cpu::scale(full, g.flat.padded, 1.0f / static_cast<float>(ranks_));  // pre-divided (SPEC §5.3)
+                    mem_.scale(full, g.flat.padded, 1.0f / static_cast<float>(ranks_));  // pre-divided (SPEC §5.3)
                     g.comm->reduce_scatter(full, reduced_.data() + g.shard_at, g.flat.shard, comm::ReduceOp::sum);
                 } else {  // all-reduce everything, keep this rank's shard
                     all_reduce_full_gradients(g);
-                    std::copy_n(full + g.flat.begin(g.rank), g.flat.shard, reduced_.begin() + static_cast<std::ptrdiff_t>(g.shard_at));
+                    mem_.copy(full + g.flat.begin(g.rank), g.flat.shard, reduced_.data() + g.shard_at);
                 }
             }
         }
@@ -194,17 +200,14 @@ public:
     double gradient_square_norm() {
         if constexpr (Z::partitions_optimizer_states) {  // each value in exactly one rank's partition
             const auto g = shard_grads();
-            double local = cpu::sum_of_squares(g.data(), g.size());
-            comm_.all_reduce(&local, 1, comm::ReduceOp::sum);
-            return local;
+            return mem_.sum_over(comm_, mem_.square_sum(g.data(), g.size()));
         } else {  // stage 0: the dense gradient is the same everywhere, an expert's on its expert-DP group
             double total = 0.0;
             for (const Group& g : groups_) {
-                double sum = cpu::sum_of_squares(grads_.data() + g.storage, g.count);
+                double sum = mem_.square_sum(grads_.data() + g.storage, g.count);
                 if (g.comm != &comm_) {  // experts split: each rank's differ; count each once
                     const bool speaks_for_its_holders = g.rank == 0;
-                    if (!speaks_for_its_holders) sum = 0.0;
-                    comm_.all_reduce(&sum, 1, comm::ReduceOp::sum);
+                    sum = mem_.sum_over(comm_, speaks_for_its_holders ? sum : 0.0);
                 }
                 total += sum;
             }
@@ -230,31 +233,31 @@ public:
     }
     /// This rank's averaged gradients for `shard_parts()`, back to back, in the accumulation dtype.
     std::span<grad_type> shard_grads() {
-        if constexpr (Z::partitions_optimizer_states && !Z::partitions_gradients) return reduced_;
-        else return grads_;
+        if constexpr (Z::partitions_optimizer_states && !Z::partitions_gradients) return {reduced_.data(), reduced_.size()};
+        else return {grads_.data(), grads_.size()};
     }
     /// Stages 0-1: the full gradient buffer micro-steps add into (each group padded at stage 1).
-    std::span<grad_type> accumulated_gradients() { return grads_; }
+    std::span<grad_type> accumulated_gradients() { return {grads_.data(), grads_.size()}; }
 
     /// After the optimizer step: the master weights are rounded into the model's
     /// parameters; stages 1-2 all-gather the updated shards, stage 3 refreshes its
     /// persistent parameters.
     void publish_parameters() {
         if constexpr (Z::partitions_parameters) {
-            if constexpr (has_master) cpu::convert(master_.data(), params_.data(), master_.size());
+            if constexpr (has_master) mem_.convert(master_.data(), params_.data(), master_.size());
             gather_persistent();
         } else {
             for (const Group& g : groups_) {
                 compute_type* own = params_.data() + g.storage + (Z::partitions_optimizer_states ? g.flat.begin(g.rank) : 0);
-                if constexpr (has_master) cpu::convert(master_.data() + g.shard_at, own, g.partition());
+                if constexpr (has_master) mem_.convert(master_.data() + g.shard_at, own, g.partition());
                 if constexpr (Z::partitions_optimizer_states) g.comm->all_gather(own, params_.data() + g.storage, g.flat.shard);
             }
         }
     }
 
     void zero_gradients() {
-        std::fill(grads_.begin(), grads_.end(), grad_type{});
-        std::fill(reduced_.begin(), reduced_.end(), grad_type{});
+        mem_.zero(grads_.data(), grads_.size());
+        mem_.zero(reduced_.data(), reduced_.size());
     }
 
     /// This rank's model's fp32 values (Ψ, laid out as `Model::parameters`; the master
@@ -262,23 +265,24 @@ public:
     /// every rank must call it then.
     std::vector<float> full_parameters() {
         std::vector<float> all(psi);
+        Buffer<float> gathered;
         if constexpr (Z::partitions_parameters) {
-            std::vector<float> gathered(gathered_.size());
+            mem_.assign_zeros(gathered, gathered_.size());
             for (const auto& t : tensors_.tensors) {
                 comm_.all_gather(master_or_params() + t.local, gathered.data(), t.chunk);
-                std::copy_n(gathered.begin(), t.count, all.begin() + static_cast<std::ptrdiff_t>(t.offset));
+                mem_.download(gathered.data(), t.count, all.data() + t.offset);
             }
         } else {
             for (const Group& g : groups_) {
-                const auto into = all.begin() + static_cast<std::ptrdiff_t>(g.first);
+                float* into = all.data() + g.first;
                 if constexpr (Z::partitions_optimizer_states && has_master) {
-                    std::vector<float> gathered(g.flat.padded);
+                    mem_.assign_zeros(gathered, g.flat.padded);
                     g.comm->all_gather(master_.data() + g.shard_at, gathered.data(), g.flat.shard);
-                    std::copy_n(gathered.begin(), g.count, into);
+                    mem_.download(gathered.data(), g.count, into);
                 } else if constexpr (has_master) {
-                    std::copy_n(master_.begin() + static_cast<std::ptrdiff_t>(g.shard_at), g.count, into);
+                    mem_.download(master_.data() + g.shard_at, g.count, into);
                 } else {
-                    std::copy_n(params_.begin() + static_cast<std::ptrdiff_t>(g.storage), g.count, into);
+                    mem_.download(params_.data() + g.storage, g.count, into);
                 }
             }
         }
@@ -294,16 +298,17 @@ public:
                     const std::size_t at = rank_ * t.chunk + i;
                     mine[t.local + i] = at < t.count ? values[t.offset + at] : 0.0f;
                 }
-            if constexpr (has_master) master_ = mine;
-            cpu::convert(mine.data(), params_.data(), mine.size());
+            if constexpr (has_master) mem_.upload(mine.data(), mine.size(), master_.data());
+            mem_.upload(mine.data(), mine.size(), params_.data());
             gather_persistent();
         } else {
             for (const Group& g : groups_) {
-                cpu::convert(values.data() + g.first, params_.data() + g.storage, g.count);
+                mem_.upload(values.data() + g.first, g.count, params_.data() + g.storage);
                 if constexpr (has_master) {
                     const std::size_t first = Z::partitions_optimizer_states ? g.flat.begin(g.rank) : 0;
-                    for (std::size_t i = 0; i < g.partition(); ++i)
-                        master_[g.shard_at + i] = first + i < g.count ? values[g.first + first + i] : 0.0f;
+                    std::vector<float> mine(g.partition(), 0.0f);  // zero past the group's end
+                    for (std::size_t i = 0; i < mine.size() && first + i < g.count; ++i) mine[i] = values[g.first + first + i];
+                    mem_.upload(mine.data(), mine.size(), master_.data() + g.shard_at);
                 }
             }
         }
@@ -329,7 +334,7 @@ private:
         nullptr, nullptr, std::span<const std::size_t>{}, comm::ReduceOp::sum));
     /// One bucket's reduce-scatter and the buffers it owns until it completes.
     struct Reduction {
-        std::vector<grad_type> send, receive;
+        Buffer<grad_type> send, receive;
         std::vector<std::size_t> counts;
         std::size_t target = 0;  ///< where `receive` adds into this rank's shard
         std::optional<Request> request;
@@ -340,7 +345,7 @@ private:
     /// One layer's gathers in flight and the buffer they land in.
     struct LayerGather {
         std::size_t layer = none;
-        std::vector<compute_type> receive;
+        Buffer<compute_type> receive;
         std::vector<Gather> requests;
     };
 
@@ -354,7 +359,7 @@ private:
         std::size_t first = 0, count = 0;
         FlatPartition flat{0, 1};
         std::size_t storage = 0, shard_at = 0;
-        std::vector<grad_type> layer_grads, bucket;  ///< stage 2: a layer's gradient, the bucket
+        Buffer<grad_type> layer_grads, bucket;  ///< stage 2: a layer's gradient, the bucket
         std::size_t bucket_lo = 0, bucket_hi = 0;    ///< stage 2: the bucket's group-local range
         std::deque<Reduction> in_flight;
 
@@ -414,10 +419,10 @@ private:
     /// with `prescale_gradients` (SPEC §5.3).
     void averaging_all_reduce(Comm& comm, grad_type* values, std::size_t n) {
         const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
-        if (cfg_.prescale_gradients) cpu::scale(values, n, static_cast<float>(1.0 / dp));
-        else if (f != 1.0) cpu::scale(values, n, static_cast<float>(1.0 / f));
+        if (cfg_.prescale_gradients) mem_.scale(values, n, static_cast<float>(1.0 / dp));
+        else if (f != 1.0) mem_.scale(values, n, static_cast<float>(1.0 / f));
         comm.all_reduce(values, n, comm::ReduceOp::sum);
-        if (!cfg_.prescale_gradients && f != dp) cpu::scale(values, n, static_cast<float>(f / dp));
+        if (!cfg_.prescale_gradients && f != dp) mem_.scale(values, n, static_cast<float>(f / dp));
     }
     void averaging_all_reduce(grad_type* values, std::size_t n) { averaging_all_reduce(comm_, values, n); }
 
@@ -438,10 +443,10 @@ private:
         }
         if (g.bucket_lo == g.bucket_hi) {
             g.bucket_lo = g.bucket_hi = end;
-            std::fill(g.bucket.begin(), g.bucket.end(), grad_type{});
+            mem_.zero(g.bucket.data(), g.bucket.size());
         }
         g.bucket_lo = lo;
-        std::copy_n(g.layer_grads.data(), r.count, bucket_at(g, g.bucket_lo));
+        mem_.copy(g.layer_grads.data(), r.count, bucket_at(g, g.bucket_lo));
     }
     /// Where group index x lives in g's bucket (which ends at bucket_hi).
     static grad_type* bucket_at(Group& g, std::size_t x) { return g.bucket.data() + (x + g.bucket.size() - g.bucket_hi); }
@@ -457,21 +462,21 @@ private:
     void reduce_range(Group& g, const grad_type* data, std::size_t count, std::size_t lo, std::size_t hi) {
         grad_type* shard = grads_.data() + g.shard_at;
         if (!cfg_.zero_optimization.reduce_scatter) {  // all-reduce the bucket, keep this rank's slice
-            scratch_.assign(hi - lo, grad_type{});
-            std::copy_n(data, count, scratch_.begin());
+            mem_.assign_zeros(scratch_, hi - lo);
+            mem_.copy(data, count, scratch_.data());
             averaging_all_reduce(*g.comm, scratch_.data(), scratch_.size());
             const std::size_t a = std::max(lo, g.flat.begin(g.rank)), b = std::min(hi, g.flat.end(g.rank));
-            if (a < b) cpu::add_into(shard + (a - g.flat.begin(g.rank)), scratch_.data() + (a - lo), b - a);
+            if (a < b) mem_.add_into(shard + (a - g.flat.begin(g.rank)), scratch_.data() + (a - lo), b - a);
             return;
         }
         if (g.in_flight.size() == max_in_flight) complete_oldest(g);
         Reduction r;
-        r.send.assign(hi - lo, grad_type{});
-        std::copy_n(data, count, r.send.begin());
-        cpu::scale(r.send.data(), count, 1.0f / static_cast<float>(ranks_));
+        mem_.assign_zeros(r.send, hi - lo);
+        mem_.copy(data, count, r.send.data());
+        mem_.scale(r.send.data(), count, 1.0f / static_cast<float>(ranks_));
         r.counts.resize(g.ranks);
         for (std::size_t k = 0; k < g.ranks; ++k) r.counts[k] = g.flat.overlap(lo, hi, k);
-        r.receive.resize(r.counts[g.rank]);
+        mem_.assign_zeros(r.receive, r.counts[g.rank]);
         r.target = std::max(lo, g.flat.begin(g.rank)) - g.flat.begin(g.rank);
         if (overlap_comm(cfg_.zero_optimization)) {
             g.in_flight.push_back(std::move(r));
@@ -492,7 +497,7 @@ private:
         g.in_flight.pop_front();
     }
     void accumulate(const Group& g, const Reduction& r) {
-        cpu::add_into(grads_.data() + g.shard_at + r.target, r.receive.data(), r.receive.size());
+        mem_.add_into(grads_.data() + g.shard_at + r.target, r.receive.data(), r.receive.size());
     }
 
     // Stage 3.
@@ -504,9 +509,9 @@ private:
         for (std::size_t i = 0; i < tensors_.tensors.size(); ++i) {
             if (!persistent(i)) continue;
             const auto& t = tensors_.tensors[i];
-            persistent_[i].resize(t.count);
+            mem_.assign_zeros(persistent_[i], t.count);
             comm_.all_gather(params_.data() + t.local, gathered_.data(), t.chunk);
-            std::copy_n(gathered_.data(), t.count, persistent_[i].begin());
+            mem_.copy(gathered_.data(), t.count, persistent_[i].data());
         }
     }
     static bool in_layer(const TensorPartition::Chunk& t, Range r) {
@@ -550,11 +555,11 @@ private:
         for (std::size_t i = 0; i < tensors_.tensors.size(); ++i) {
             const auto& t = tensors_.tensors[i];
             if (!in_layer(t, r)) continue;
-            const auto into = layer_params_.begin() + static_cast<std::ptrdiff_t>(t.offset - r.offset);
+            compute_type* into = layer_params_.data() + (t.offset - r.offset);
             if (persistent(i)) {
-                std::copy(persistent_[i].begin(), persistent_[i].end(), into);
+                mem_.copy(persistent_[i].data(), t.count, into);
             } else {
-                std::copy_n(g.receive.begin() + static_cast<std::ptrdiff_t>(at), t.count, into);
+                mem_.copy(g.receive.data() + at, t.count, into);
                 at += t.chunk * ranks_;
             }
         }
@@ -581,32 +586,33 @@ private:
     void reduce_layer(Range r) {
         for (const auto& t : tensors_.tensors) {
             if (!in_layer(t, r)) continue;
-            scratch_.assign(t.chunk * ranks_, grad_type{});
-            std::copy_n(layer_grads_.data() + (t.offset - r.offset), t.count, scratch_.begin());
+            mem_.assign_zeros(scratch_, t.chunk * ranks_);
+            mem_.copy(layer_grads_.data() + (t.offset - r.offset), t.count, scratch_.data());
             if (cfg_.zero_optimization.reduce_scatter) {
-                cpu::scale(scratch_.data(), t.count, 1.0f / static_cast<float>(ranks_));
-                received_.resize(t.chunk);
+                mem_.scale(scratch_.data(), t.count, 1.0f / static_cast<float>(ranks_));
+                mem_.assign_zeros(received_, t.chunk);
                 comm_.reduce_scatter(scratch_.data(), received_.data(), t.chunk, comm::ReduceOp::sum);
-                cpu::add_into(grads_.data() + t.local, received_.data(), t.chunk);
+                mem_.add_into(grads_.data() + t.local, received_.data(), t.chunk);
             } else {
                 averaging_all_reduce(scratch_.data(), scratch_.size());
-                cpu::add_into(grads_.data() + t.local, scratch_.data() + rank_ * t.chunk, t.chunk);
+                mem_.add_into(grads_.data() + t.local, scratch_.data() + rank_ * t.chunk, t.chunk);
             }
         }
     }
 
+    Memory mem_;
     Comm& comm_;
     const Config& cfg_;
     std::size_t rank_, ranks_;
     TensorPartition tensors_;
     std::array<Group, group_count> groups_;  ///< stages 0-2: dense, then this rank's experts
-    std::vector<compute_type> params_;  ///< the model's parameters: all (stages 0-2, padded per group at 1-2) or this rank's chunks (3)
-    std::vector<float> master_;         ///< mixed precision: fp32 master of this rank's optimizer partition
-    std::vector<grad_type> grads_;      ///< accumulated gradients: all (stages 0-1) or this rank's partition (2-3)
-    std::vector<grad_type> reduced_;    ///< stage 1: this rank's averaged partition after the boundary reduction
-    std::vector<compute_type> layer_params_, gathered_;
-    std::vector<grad_type> layer_grads_, received_, scratch_;  ///< stage 3 (scratch_: also all-reduced buckets)
-    std::vector<std::vector<compute_type>> persistent_;
+    Buffer<compute_type> params_;  ///< the model's parameters: all (stages 0-2, padded per group at 1-2) or this rank's chunks (3)
+    Buffer<float> master_;         ///< mixed precision: fp32 master of this rank's optimizer partition
+    Buffer<grad_type> grads_;      ///< accumulated gradients: all (stages 0-1) or this rank's partition (2-3)
+    Buffer<grad_type> reduced_;    ///< stage 1: this rank's averaged partition after the boundary reduction
+    Buffer<compute_type> layer_params_, gathered_;
+    Buffer<grad_type> layer_grads_, received_, scratch_;  ///< stage 3 (scratch_: also all-reduced buckets)
+    std::vector<Buffer<compute_type>> persistent_;
     LayerGather now_, next_;
     Pass pass_ = Pass::forward;
 };

@@ -3,13 +3,14 @@
 /// `ds::DeviceTraits<ds::Cuda>`: `ds::Engine<Model, Opt, Z, P, ds::Cuda, Comm>` on one GPU per
 /// rank. The model runs as `cuda::DeviceSequential` on the context's compute stream, its
 /// parameters, gradients and optimizer states live in device memory, and the step is the
-/// CPU engine's own (clipping, skipping, schedule), over `cuda::DeviceZeroState` and
-/// `cuda::FlatOptimizer`. So far: fp32 at ZeRO stage 0 (DeepSpeed's data parallelism); the
-/// communicator must take device buffers (`comm::Single`, `comm::Nccl`, `comm::CudaMpi`).
+/// CPU engine's own (clipping, skipping, schedule) and so are the ZeRO stages: `ZeroState`
+/// over `cuda::DeviceMemory`, with `cuda::FlatOptimizer`. So far the model runs in fp32, at
+/// every ZeRO stage; the communicator must take device buffers (`comm::Nccl`,
+/// `comm::CudaMpi`; a `comm::Single` world becomes `comm::CudaSingle`).
 ///
 /// ```cpp
 /// #include <ds/device/cuda/engine.cuh>
-/// ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cuda> engine(cfg);
+/// ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<2>, ds::FP32, ds::Cuda> engine(cfg);
 /// ```
 
 #include <algorithm>
@@ -22,8 +23,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <ds/comm/cuda_single.hpp>
 #include <ds/comm/distributed.hpp>
+#include <ds/comm/single.hpp>
 #include <ds/config/config.hpp>
+#include <ds/device/cuda/device_memory.cuh>
 #include <ds/device/cuda/error.hpp>
 #include <ds/device/cuda/flat_optimizer.cuh>
 #include <ds/device/cuda/gemm.hpp>
@@ -64,92 +68,33 @@ private:
     Gemm gemm_;
 };
 
-/// ZeRO stage 0 in fp32 on the device: parameters and gradients in full, the gradients
-/// averaged over the ranks by one all-reduce per `reduce_bucket_size` at the boundary
-/// (SPEC §5.3), the same contract as `ds::ZeroState` for the engine.
-template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
-class DeviceZeroState {
-    static_assert(!Z::partitions_optimizer_states, "ds::Cuda: ZeRO stages 1-3 on the GPU are not built yet");
-    static_assert(std::is_same_v<P, FP32>, "ds::Cuda: bf16 and fp16 on the GPU are not built yet");
+/// Every communicator the engine's state uses orders its collectives after `stream`, the
+/// compute stream its buffers are written on.
+template <class Comm>
+void order_after(Comm& comm, cudaStream_t stream) {
+    if constexpr (requires { comm.set_producer(stream); }) comm.set_producer(stream);
+    else if constexpr (requires { comm.set_stream(stream); }) comm.set_stream(stream);
+    else static_assert(sizeof(Comm) == 0, "ds::Cuda: the communicator must take device buffers (comm::Nccl, comm::CudaMpi)");
+}
+
+/// Rank 0's initial parameters, broadcast through device memory (the communicator takes
+/// device buffers only), as every rank's.
+template <class Comm>
+std::vector<float> broadcast_initial(Comm& world, std::span<const float> initial, cudaStream_t stream) {
+    std::vector<float> agreed(initial.begin(), initial.end());
+    DeviceBuffer<float> values(agreed.size());
+    values.copy_from(agreed, stream);
+    world.broadcast(values.data(), values.size(), 0);
+    values.copy_to(agreed, stream);
+    return agreed;
+}
+
+/// The GPU network for a model stored in T; says what is not built yet.
+template <class Model, class T>
+struct NetworkFor {
+    static_assert(std::is_same_v<T, float>, "ds::Cuda: bf16 and fp16 models on the GPU are not built yet (use ds::FP32)");
     static_assert(Model::expert_param_count == 0, "ds::Cuda: MoE layers on the GPU are not built yet");
-
-public:
-    static constexpr std::size_t psi = Model::param_count;
-    using Range = typename Model::LayerRange;
-    using compute_type = float;
-    using grad_type = float;
-    using Part = ShardPart<grad_type>;
-
-    /// Uploads `initial` and broadcasts rank 0's copy on the device (the host copy was not).
-    DeviceZeroState(Comm& world, Comm& /*experts*/, const Config& cfg, std::span<const float> initial,
-                    EngineContext& ctx)
-        : comm_(world), cfg_(cfg), stream_(ctx.stream()), ranks_(static_cast<std::size_t>(world.size())),
-          params_(psi), grads_(psi) {
-        if constexpr (requires { world.set_producer(stream_); }) world.set_producer(stream_);
-        set_full_parameters(initial);
-        comm_.broadcast(params_.data(), psi, 0);
-        zero_gradients();
-    }
-
-    std::size_t padded_params() const { return psi; }
-    std::size_t optimizer_elements() const { return psi; }
-
-    void begin_pass(Pass) {}
-    const float* parameters(Range r) { return params_.data() + r.offset; }
-    void forward_done(Range) {}
-    float* gradients(Range r) { return grads_.data() + r.offset; }
-    void backward_done(Range) {}
-    void backward_finished() {}
-
-    /// The averaging all-reduce over the world, in `reduce_bucket_size` pieces: ÷ predivide
-    /// factor, SUM, × factor / dp, or ÷ dp then SUM with `prescale_gradients`.
-    void reduce_gradients() {
-        const auto bucket = static_cast<std::size_t>(cfg_.zero_optimization.reduce_bucket_size);
-        const double f = cfg_.gradient_predivide_factor, dp = static_cast<double>(ranks_);
-        for (std::size_t first = 0; first < psi; first += bucket) {
-            float* values = grads_.data() + first;
-            const std::size_t n = std::min(bucket, psi - first);
-            if (cfg_.prescale_gradients) scale(values, n, static_cast<float>(1.0 / dp), stream_);
-            else if (f != 1.0) scale(values, n, static_cast<float>(1.0 / f), stream_);
-            synchronize();  // the backward's and the scaling's kernels are done before a communicator reads
-            comm_.all_reduce(values, n, comm::ReduceOp::sum);
-            if (!cfg_.prescale_gradients && f != dp) scale(values, n, static_cast<float>(f / dp), stream_);
-        }
-    }
-    /// Σ g² in float64 on the device (the same on every rank after the all-reduce).
-    double gradient_square_norm() { return square_sum(grads_.data(), psi, stream_); }
-
-    std::array<Part, 1> shard_parts() { return {Part{params_.data(), grads_.data(), psi}}; }
-    std::span<float> shard_grads() { return {grads_.data(), psi}; }
-    /// The gradient buffer (device memory).
-    std::span<float> accumulated_gradients() { return {grads_.data(), psi}; }
-    void publish_parameters() {}  // fp32: the optimizer updated the parameters themselves
-    void zero_gradients() { DS_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), stream_)); }
-
-    std::vector<float> full_parameters() {
-        std::vector<float> host(psi);
-        synchronize();
-        params_.copy_to(host);
-        return host;
-    }
-    void set_full_parameters(std::span<const float> values) {
-        params_.copy_from(values, stream_);
-        synchronize();  // `values` may go away when we return
-    }
-
-    std::size_t parameter_bytes() const { return params_.bytes(); }
-    std::size_t master_bytes() const { return 0; }
-    std::size_t gradient_bytes() const { return grads_.bytes(); }
-    std::size_t buffer_bytes() const { return 0; }
-
-private:
-    void synchronize() const { DS_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
-
-    Comm& comm_;
-    const Config& cfg_;
-    cudaStream_t stream_;
-    std::size_t ranks_;
-    DeviceBuffer<float> params_, grads_;
+    using type = DeviceSequential<Model>;
 };
 
 }  // namespace cuda
@@ -159,10 +104,16 @@ struct DeviceTraits<Cuda> {
     using Context = cuda::EngineContext;
     static constexpr bool host_buffers = false;
 
+    /// A `comm::Single` world copies device buffers (`comm::CudaSingle`); any other
+    /// communicator must take them itself (`comm::Nccl`, `comm::CudaMpi`).
+    template <class Comm>
+    using communicator = std::conditional_t<std::is_same_v<Comm, comm::Single>, comm::CudaSingle, Comm>;
+
     template <class Model, class T>
-    using network = cuda::DeviceSequential<Model>;
+    using network = typename cuda::NetworkFor<Model, T>::type;
+    /// The CPU engine's own ZeRO stages, over device buffers on the compute stream.
     template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
-    using state = cuda::DeviceZeroState<Z, P, Model, Comm>;
+    using state = ZeroState<Z, P, Model, Comm, cuda::DeviceMemory>;
     template <optimizer Opt>
     using optimizer = cuda::FlatOptimizer<Opt>;
 
@@ -173,7 +124,10 @@ struct DeviceTraits<Cuda> {
     template <class State, class Comm>
     static State make_state(Context& ctx, Comm& world, Comm& experts, const Config& cfg,
                             std::span<const float> initial) {
-        return State(world, experts, cfg, initial, ctx);
+        cuda::order_after(world, ctx.stream());
+        if (&experts != &world) cuda::order_after(experts, ctx.stream());
+        return State(world, experts, cfg, cuda::broadcast_initial(world, initial, ctx.stream()),
+                     cuda::DeviceMemory(ctx.stream()));
     }
     template <class Optimizer>
     static Optimizer make_optimizer(Context& ctx, const typename Optimizer::Hyper& hyper, std::size_t elements) {

@@ -72,11 +72,6 @@ struct AddBias {
     std::size_t features;
     __device__ void operator()(std::size_t i) const { y[i] += bias[i % features]; }
 };
-struct Scale {
-    float* x;
-    float factor;
-    __device__ void operator()(std::size_t i) const { x[i] *= factor; }
-};
 struct Fill {
     float* out;
     float value;
@@ -165,10 +160,6 @@ void images_to_rows(const float* images, float* rows, std::size_t batch, cudaStr
 /// y[b][f] += bias[f] for `batch` rows of `features`.
 inline void add_bias(float* y, const float* bias, std::size_t features, std::size_t batch, cudaStream_t stream) {
     detail::for_each_index(batch * features, detail::AddBias{y, bias, features}, stream);
-}
-/// x ×= factor (the gradient averaging's pre- and post-scaling).
-inline void scale(float* x, std::size_t n, float factor, cudaStream_t stream) {
-    detail::for_each_index(n, detail::Scale{x, factor}, stream);
 }
 inline void fill(float* out, std::size_t n, float value, cudaStream_t stream) {
     detail::for_each_index(n, detail::Fill{out, value}, stream);

@@ -6,14 +6,26 @@
 #include "cifar10/ds_config.hpp"
 #include "cifar10/net.hpp"
 
-ds::Config engine_test_config() {
+ds::Config engine_test_config(int ranks, Dtype dtype) {
     ds::Config cfg = cifar10::ds_config;
+    cfg.train_batch_size = 16 * ranks;
+    cfg.bf16.enabled = dtype == Dtype::bf16;
+    cfg.fp16.enabled = dtype == Dtype::fp16;
     cfg.scheduler = {};  // a constant learning rate: 50 steps of WarmupLR barely move
     cfg.seed = 5;
     return cfg;
 }
 
-TrainingRun train_on_cpu(int steps) {
-    ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32> engine(engine_test_config());
+template <class P>
+TrainingRun train_on_cpu_in(int steps, Dtype dtype) {
+    ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, P> engine(engine_test_config(1, dtype));
     return train_steps(engine, steps);
+}
+
+TrainingRun train_on_cpu(int steps, Dtype dtype) {
+    switch (dtype) {
+        case Dtype::bf16: return train_on_cpu_in<ds::BF16>(steps, dtype);
+        case Dtype::fp16: return train_on_cpu_in<ds::FP16<>>(steps, dtype);
+        default: return train_on_cpu_in<ds::FP32>(steps, dtype);
+    }
 }

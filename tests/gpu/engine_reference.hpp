@@ -7,33 +7,46 @@
 #include <ds/data/synthetic.hpp>
 #include <ds/nn/cross_entropy.hpp>
 
-/// The losses of every step and the parameters after the last.
+/// The parameters before the first step, every step's loss and the parameters after the last.
 struct TrainingRun {
+    std::vector<float> initial;
     std::vector<double> losses;
     std::vector<float> params;
+    std::int64_t skipped = 0;  ///< steps skipped for overflow (fp16)
 };
 
-/// The example's config for the engine test: Adam at a constant 1e-3, clipping 1.0, batch 16.
-ds::Config engine_test_config();
+/// The engines' precisions the GPU tests compare.
+enum class Dtype { fp32, bf16, fp16 };
 
-/// `steps` steps of `engine` (a CIFAR Net engine, batch 16) on the same synthetic batches.
+/// The example's config for the engine test: Adam at a constant 1e-3, clipping 1.0, batch 16
+/// per rank over `ranks` ranks, in `dtype` (fp16: the example's dynamic loss scaling).
+ds::Config engine_test_config(int ranks = 1, Dtype dtype = Dtype::fp32);
+
+/// `steps` steps of `engine` (a CIFAR Net engine, batch 16 per rank) on the same synthetic
+/// batches: step s of rank r takes the (s·ranks + r)-th batch of 16, so ranks differ.
 template <class Engine>
 TrainingRun train_steps(Engine& engine, int steps) {
     constexpr std::size_t batch = 16, image = Engine::input_size;
-    const auto data = ds::data::make_synthetic(batch * static_cast<std::size_t>(steps), 3, 32, 32, 10, 6);
+    const auto rank = static_cast<std::size_t>(engine.global_rank()), ranks = static_cast<std::size_t>(engine.world_size());
+    const auto data = ds::data::make_synthetic(batch * ranks * static_cast<std::size_t>(steps), 3, 32, 32, 10, 6);
     std::vector<float> x(batch * image);
     std::vector<std::int32_t> labels(batch);
     TrainingRun run;
+    run.initial = engine.full_parameters();
     for (int s = 0; s < steps; ++s) {
-        for (std::size_t j = 0; j < batch; ++j) labels[j] = data.get(static_cast<std::size_t>(s) * batch + j, x.data() + j * image);
+        const std::size_t first = (static_cast<std::size_t>(s) * ranks + rank) * batch;
+        for (std::size_t j = 0; j < batch; ++j) labels[j] = data.get(first + j, x.data() + j * image);
         const auto loss = ds::nn::CrossEntropyLoss{10}(engine.forward(x), labels);
         engine.backward(loss);
         engine.step();
         run.losses.push_back(loss.value);
     }
     run.params = engine.full_parameters();
+    run.skipped = engine.skipped_steps();
     return run;
 }
 
-/// The CPU engine's run.
-TrainingRun train_on_cpu(int steps);
+/// The CPU engine's run at ZeRO stage 0 in `dtype`.
+TrainingRun train_on_cpu(int steps, Dtype dtype = Dtype::fp32);
+/// The CPU engine's run over `comm::Mpi` (every rank of the MPI world; engine_mpi_reference.cpp).
+TrainingRun train_on_cpu_mpi(int steps);

@@ -3,7 +3,9 @@
 // convolutions), on fresh random parameters, images and output gradients: outputs, every
 // parameter gradient and the input gradient of every layer after the first, for the
 // CIFAR-10 (3×32×32) and Fashion-MNIST (1×28×28) shapes, for full and partial batches,
-// and a Linear whose bias is off cuBLASLt's epilogue alignment.
+// and a Linear whose bias is off cuBLASLt's epilogue alignment. Then the Net stored in bf16
+// and fp16 on the GPU against the fp32 GPU Net on the same (rounded) values, its gradients
+// added into fp32 and into its own dtype.
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 77 (CTest: skipped).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <algorithm>
@@ -20,6 +22,7 @@
 #include <ds/device/cuda/memory.hpp>
 #include <ds/device/cuda/sequential.cuh>
 #include <ds/device/cuda/stream.hpp>
+#include <ds/numeric/storage.hpp>
 #include <ds/util/rng.hpp>
 
 #include "cifar10/net.hpp"
@@ -83,9 +86,87 @@ void check_net(std::size_t max_batch, std::size_t batch) {
     }
 }
 
+template <class T>
+std::vector<float> rounded(const std::vector<float>& v) {
+    std::vector<float> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(T(v[i]));
+    return out;
+}
+template <class T>
+ds::cuda::DeviceBuffer<T> to_device_as(const std::vector<float>& host) {
+    std::vector<T> narrow(host.begin(), host.end());
+    ds::cuda::DeviceBuffer<T> d(host.size());
+    d.copy_from(narrow);
+    return d;
+}
+template <class T>
+std::vector<float> to_host_from(const T* device, std::size_t n) {
+    std::vector<T> host(n);
+    DS_CUDA_CHECK(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return {host.begin(), host.end()};
+}
+
+/// ‖got − want‖ / ‖want‖.
+double norm_relative(std::span<const float> got, std::span<const float> want) {
+    double apart = 0, size = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        apart += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        size += double(want[i]) * want[i];
+    }
+    return std::sqrt(apart / size);
+}
+
+/// The Net stored in T against the fp32 Net on T-rounded parameters, inputs and output
+/// gradients: 2-byte activations round at every layer, so the outputs agree to `tolerance`
+/// (in norm) and each tensor's gradient, added into G, to 4× that.
+template <class Net, class T, class G>
+void check_narrow_net(double tolerance) {
+    using Narrow = typename Net::template with_storage<T>;
+    constexpr std::size_t batch = 16;
+    ds::Rng rng(41);
+    std::vector<float> params(Net::param_count);
+    Net::init(params.data(), rng);
+    params = rounded<T>(params);
+    const auto x = rounded<T>(uniform(batch * Net::input_shape::size, 42));
+    const auto dy = rounded<T>(uniform(batch * Net::output_shape::size, 43, 0.1f));
+
+    ds::cuda::Stream stream;
+    ds::cuda::Gemm gemm;
+    ds::cuda::DeviceSequential<Net> wide(batch, {stream.get(), &gemm});
+    ds::cuda::DeviceSequential<Narrow> narrow(batch, {stream.get(), &gemm});
+    auto p32 = to_device(params), x32 = to_device(x), dy32 = to_device(dy);
+    auto p16 = to_device_as<T>(params), x16 = to_device_as<T>(x), dy16 = to_device_as<T>(dy);
+    DS_CUDA_CHECK(cudaDeviceSynchronize());
+    ds::cuda::DeviceBuffer<float> g32(params.size());
+    ds::cuda::DeviceBuffer<G> g16(params.size());
+    DS_CUDA_CHECK(cudaMemsetAsync(g32.data(), 0, g32.bytes(), stream));
+    DS_CUDA_CHECK(cudaMemsetAsync(g16.data(), 0, g16.bytes(), stream));
+    const float* y32 = wide.forward(x32.data(), batch, p32.data());
+    wide.backward(dy32.data(), p32.data(), g32.data());
+    const T* y16 = narrow.forward(x16.data(), batch, p16.data());
+    narrow.backward(dy16.data(), p16.data(), g16.data());
+    stream.synchronize();
+    const auto want_y = to_host(y32, batch * Net::output_shape::size);
+    const auto want_g = to_host(g32.data(), params.size());
+    CHECK(norm_relative(to_host_from(y16, want_y.size()), want_y) < tolerance);
+    const auto got_g = to_host_from(g16.data(), params.size());
+    for (const auto& p : Net::parameters) {
+        INFO(p.name());
+        CHECK(norm_relative(std::span(got_g).subspan(p.offset, p.numel()),
+                            std::span(want_g).subspan(p.offset, p.numel())) < 4 * tolerance);
+    }
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
+
+TEST_CASE("the CIFAR Net stored in bf16 and fp16 on the GPU: outputs and gradients of the fp32 GPU Net") {
+    check_narrow_net<cifar10::CifarNet, ds::bf16, float>(2e-2);     // BF16 at stage 0: fp32 gradients
+    check_narrow_net<cifar10::CifarNet, ds::bf16, ds::bf16>(2e-2);  // stages 1-3: bf16 gradients
+    check_narrow_net<cifar10::CifarNet, ds::half, ds::half>(5e-3);  // FP16: 3 more mantissa bits
+}
+
 
 TEST_CASE("the CIFAR Net on the GPU: outputs and gradients of the CPU Net") {
     check_net<cifar10::CifarNet>(16, 16);

@@ -30,7 +30,7 @@ template <storage_float From, storage_float To>
 void convert(const From* in, To* out, std::size_t n, cudaStream_t stream) {
     if (n == 0) return;
     constexpr unsigned threads = 256;
-    detail::convert_kernel<From, To><<<grid_for(n, threads), threads, 0, stream>>>(in, out, n);
+    detail::convert_kernel<plain_t<From>, plain_t<To>><<<grid_for(n, threads), threads, 0, stream>>>(in, out, n);
     DS_CUDA_CHECK_LAUNCH();
 }
 

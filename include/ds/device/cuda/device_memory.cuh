@@ -31,15 +31,6 @@ struct ScaleBy {
     float factor;
     __device__ void operator()(std::size_t i) const { x[i] = T(static_cast<float>(x[i]) * factor); }
 };
-/// dst[i] = T(float(dst[i]) + float(src[i])), as `cpu::add_into`.
-template <class T>
-struct AddInto {
-    T* dst;
-    const T* src;
-    __device__ void operator()(std::size_t i) const {
-        dst[i] = T(static_cast<float>(dst[i]) + static_cast<float>(src[i]));
-    }
-};
 
 }  // namespace detail
 
@@ -69,11 +60,12 @@ public:
     }
     template <storage_float T>
     void scale(T* x, std::size_t n, float factor) const {
-        if (n) detail::for_each_index(n, detail::ScaleBy<T>{x, factor}, stream_);
+        if (n) detail::for_each_index(n, detail::ScaleBy<plain_t<T>>{x, factor}, stream_);
     }
+    /// dst += src in T, as `cpu::add_into`.
     template <storage_float T>
     void add_into(T* dst, const T* src, std::size_t n) const {
-        if (n) detail::for_each_index(n, detail::AddInto<T>{dst, src}, stream_);
+        if (n) accumulate(src, dst, n, stream_);
     }
     /// Σ x² in float64 on the device; waits for it.
     template <storage_float T>

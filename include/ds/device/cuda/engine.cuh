@@ -3,14 +3,14 @@
 /// `ds::DeviceTraits<ds::Cuda>`: `ds::Engine<Model, Opt, Z, P, ds::Cuda, Comm>` on one GPU per
 /// rank. The model runs as `cuda::DeviceSequential` on the context's compute stream, its
 /// parameters, gradients and optimizer states live in device memory, and the step is the
-/// CPU engine's own (clipping, skipping, schedule) and so are the ZeRO stages: `ZeroState`
-/// over `cuda::DeviceMemory`, with `cuda::FlatOptimizer`. So far the model runs in fp32, at
-/// every ZeRO stage; the communicator must take device buffers (`comm::Nccl`,
-/// `comm::CudaMpi`; a `comm::Single` world becomes `comm::CudaSingle`).
+/// CPU engine's own (clipping, loss scaling, skipping, schedule) and so are the ZeRO stages:
+/// `ZeroState` over `cuda::DeviceMemory`, with `cuda::FlatOptimizer`. Every precision and
+/// ZeRO stage runs; MoE layers do not yet. The communicator must take device buffers
+/// (`comm::Nccl`, `comm::CudaMpi`; a `comm::Single` world becomes `comm::CudaSingle`).
 ///
 /// ```cpp
 /// #include <ds/device/cuda/engine.cuh>
-/// ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<2>, ds::FP32, ds::Cuda> engine(cfg);
+/// ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<2>, ds::BF16, ds::Cuda> engine(cfg);
 /// ```
 
 #include <algorithm>
@@ -27,6 +27,7 @@
 #include <ds/comm/distributed.hpp>
 #include <ds/comm/single.hpp>
 #include <ds/config/config.hpp>
+#include <ds/device/cuda/convert.cuh>
 #include <ds/device/cuda/device_memory.cuh>
 #include <ds/device/cuda/error.hpp>
 #include <ds/device/cuda/flat_optimizer.cuh>
@@ -92,9 +93,8 @@ std::vector<float> broadcast_initial(Comm& world, std::span<const float> initial
 /// The GPU network for a model stored in T; says what is not built yet.
 template <class Model, class T>
 struct NetworkFor {
-    static_assert(std::is_same_v<T, float>, "ds::Cuda: bf16 and fp16 models on the GPU are not built yet (use ds::FP32)");
     static_assert(Model::expert_param_count == 0, "ds::Cuda: MoE layers on the GPU are not built yet");
-    using type = DeviceSequential<Model>;
+    using type = DeviceSequential<typename Model::template with_storage<T>>;
 };
 
 }  // namespace cuda
@@ -134,35 +134,53 @@ struct DeviceTraits<Cuda> {
         return Optimizer(hyper, elements, ctx.stream());
     }
 
-    /// A batch uploaded to the device, the logits downloaded for the host's loss, and the
-    /// loss gradient uploaded again (fp32; the copies wait for / are waited on by the stream).
+    /// A batch uploaded to the device and cast to the model's T there, the logits cast to
+    /// fp32 and downloaded for the host's loss, and the loss gradient uploaded and cast to T.
     template <class T>
     class Io {
-        static_assert(std::is_same_v<T, float>, "ds::Cuda: only fp32 so far");
-
     public:
         Io(std::size_t inputs, std::size_t outputs, Context& ctx)
-            : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), logits_(outputs) {}
-        const float* upload_inputs(std::span<const float> inputs) {
-            DS_CUDA_CHECK(cudaMemcpyAsync(input_.data(), inputs.data(), inputs.size_bytes(), cudaMemcpyHostToDevice,
-                                          stream_));
+            : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), logits_(outputs) {
+            if constexpr (!std::is_same_v<T, float>) staged_ = cuda::DeviceBuffer<float>(std::max(inputs, outputs));
+        }
+        const T* upload_inputs(std::span<const float> inputs) {
+            upload(inputs.data(), inputs.size(), input_.data());
             return input_.data();
         }
-        std::span<const float> download_outputs(const float* outputs, std::size_t n) {
-            DS_CUDA_CHECK(cudaMemcpyAsync(logits_.data(), outputs, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+        std::span<const float> download_outputs(const T* outputs, std::size_t n) {
+            const float* from;
+            if constexpr (std::is_same_v<T, float>) {
+                from = outputs;
+            } else {
+                cuda::convert(outputs, staged_.data(), n, stream_);
+                from = staged_.data();
+            }
+            DS_CUDA_CHECK(cudaMemcpyAsync(logits_.data(), from, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
             DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
             return {logits_.data(), n};
         }
-        const float* upload_grad_output(const float* grad, std::size_t n) {
-            DS_CUDA_CHECK(cudaMemcpyAsync(grad_output_.data(), grad, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+        const T* upload_grad_output(const float* grad, std::size_t n) {
+            upload(grad, n, grad_output_.data());
             DS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may change after we return
             return grad_output_.data();
         }
-        std::size_t buffer_bytes() const { return input_.bytes() + grad_output_.bytes() + logits_.size() * sizeof(float); }
+        std::size_t buffer_bytes() const {
+            return input_.bytes() + grad_output_.bytes() + staged_.bytes() + logits_.size() * sizeof(float);
+        }
 
     private:
+        /// fp32 host values into T on the device (through the fp32 staging buffer for 2-byte T).
+        void upload(const float* host, std::size_t n, T* to) {
+            float* landing;
+            if constexpr (std::is_same_v<T, float>) landing = to;
+            else landing = staged_.data();
+            DS_CUDA_CHECK(cudaMemcpyAsync(landing, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            if constexpr (!std::is_same_v<T, float>) cuda::convert(landing, to, n, stream_);
+        }
+
         cudaStream_t stream_;
-        cuda::DeviceBuffer<float> input_, grad_output_;
+        cuda::DeviceBuffer<T> input_, grad_output_;
+        cuda::DeviceBuffer<float> staged_;
         std::vector<float> logits_;
     };
 };

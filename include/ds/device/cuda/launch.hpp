@@ -1,12 +1,15 @@
 #pragma once
 /// @file
-/// Launch shapes for the element-wise kernels' grid-stride loops.
+/// Launch shapes for the element-wise kernels' grid-stride loops, and `plain_t`, the name
+/// every launch gives its element types.
 
 #include <cstddef>
+#include <type_traits>
 
 #include <cuda_runtime_api.h>
 
 #include <ds/device/cuda/error.hpp>
+#include <ds/numeric/storage.hpp>
 
 namespace ds::cuda {
 
@@ -20,5 +23,34 @@ inline unsigned grid_for(std::size_t n, unsigned threads) {
     const std::size_t cap = static_cast<std::size_t>(sms) * 8;
     return static_cast<unsigned>(wanted < cap ? (wanted > 0 ? wanted : 1) : cap);
 }
+
+namespace detail {
+template <class T>
+struct Plain;
+template <>
+struct Plain<float> {
+    using type = float;
+};
+template <>
+struct Plain<double> {
+    using type = double;
+};
+template <>
+struct Plain<bf16> {
+    using type = bf16;
+};
+template <>
+struct Plain<half> {
+    using type = half;
+};
+}  // namespace detail
+
+/// The element type T is, named as itself. nvcc's host stub spells each kernel's template
+/// arguments as the launch wrote them, so a dtype that reached a launch through a member
+/// alias of a model-dependent class (`Engine<Net, ...>::compute_type`) would be spelled with
+/// the model's class-type template arguments (layer names), which the stub cannot compile.
+/// Every kernel and functor instantiation takes its element types through `plain_t`.
+template <class T>
+using plain_t = typename detail::Plain<std::remove_const_t<T>>::type;
 
 }  // namespace ds::cuda

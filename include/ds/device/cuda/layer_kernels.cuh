@@ -4,6 +4,7 @@
 /// `DS_HOST_DEVICE` math in `ds/nn/math/` (DESIGN principle 3): im2col and its gradient,
 /// max-pool forward and backward, ReLU, softmax cross-entropy. One thread per output
 /// element, gathering, so no kernel needs atomics and every result is deterministic.
+/// Values are stored as T (float, bf16 or half) and computed in float.
 
 #include <cstddef>
 #include <cstdint>
@@ -37,72 +38,90 @@ void for_each_index(std::size_t n, const F& f, cudaStream_t stream) {
 }
 
 
-template <class Shape>
+template <class Shape, class T>
 struct GatherBatch {
-    const float* in;
-    float* col;
+    const T* in;
+    T* col;
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::gather_batch(i, in, col, batch); }
 };
-template <class Shape>
+template <class Shape, class T>
 struct ScatterBackBatch {
-    const float* dcol;
-    float* dx;
+    const T* dcol;
+    T* dx;
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::scatter_back_batch(i, dcol, dx, batch); }
 };
-template <class Rows>
+template <class Rows, class T>
 struct ToImages {
-    const float* rows;
-    const float* bias;
-    float* images;
+    const T* rows;
+    const T* bias;
+    T* images;
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Rows::to_images(i, rows, bias, images, batch); }
 };
-template <class Rows>
+template <class Rows, class T>
 struct ToRows {
-    const float* images;
-    float* rows;
+    const T* images;
+    T* rows;
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Rows::to_rows(i, images, rows, batch); }
 };
+template <class T>
 struct AddBias {
-    float* y;
-    const float* bias;
+    T* y;
+    const T* bias;
     std::size_t features;
-    __device__ void operator()(std::size_t i) const { y[i] += bias[i % features]; }
+    __device__ void operator()(std::size_t i) const {
+        y[i] = T(static_cast<float>(y[i]) + static_cast<float>(bias[i % features]));
+    }
 };
+template <class T>
 struct Fill {
-    float* out;
-    float value;
+    T* out;
+    T value;
     __device__ void operator()(std::size_t i) const { out[i] = value; }
 };
+/// dst[i] = G(float(dst[i]) + float(src[i])): a gradient in T added into a buffer of G.
+template <class T, class G>
+struct Accumulate {
+    const T* src;
+    G* dst;
+    __device__ void operator()(std::size_t i) const {
+        dst[i] = G(static_cast<float>(dst[i]) + static_cast<float>(src[i]));
+    }
+};
 
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t S, class T>
 struct PoolForward {
     static constexpr std::size_t out_h = H / S, out_w = W / S;
-    const float* x;
-    float* y;
+    const T* x;
+    T* y;
     std::uint8_t* at;
+    /// The window widened to float, then the shared `window_max` (exact: max picks a value).
     __device__ void operator()(std::size_t i) const {
         const std::size_t plane = i / (out_h * out_w), oy = i / out_w % out_h, ox = i % out_w;
-        const nn::math::WindowMax best = nn::math::window_max<S>(x + plane * H * W + oy * S * W + ox * S, W);
-        y[i] = best.value;
+        const T* first = x + plane * H * W + oy * S * W + ox * S;
+        float window[S * S];
+#pragma unroll
+        for (std::size_t k = 0; k < S * S; ++k) window[k] = static_cast<float>(first[(k / S) * W + k % S]);
+        const nn::math::WindowMax best = nn::math::window_max<S>(window, S);
+        y[i] = T(best.value);
         at[i] = best.at;
     }
 };
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t S, class T>
 struct PoolBackward {
     static constexpr std::size_t out_h = H / S, out_w = W / S;
-    const float* dy;
+    const T* dy;
     const std::uint8_t* at;
-    float* dx;
+    T* dx;
     /// Input element i takes its window's gradient if it was the window's maximum (windows
     /// do not overlap); edges that no window covers get 0.
     __device__ void operator()(std::size_t i) const {
         const std::size_t plane = i / (H * W), h = i / W % H, w = i % W;
         const std::size_t oy = h / S, ox = w / S;
-        float g = 0.0f;
+        T g = T(0.0f);
         if (oy < out_h && ox < out_w) {
             const std::size_t o = plane * out_h * out_w + oy * out_w + ox;
             if (at[o] == (h % S) * S + w % S) g = dy[o];
@@ -111,16 +130,20 @@ struct PoolBackward {
     }
 };
 
+template <class T>
 struct ReluForward {
-    const float* x;
-    float* y;
-    __device__ void operator()(std::size_t i) const { y[i] = nn::math::relu(x[i]); }
+    const T* x;
+    T* y;
+    __device__ void operator()(std::size_t i) const { y[i] = T(nn::math::relu(static_cast<float>(x[i]))); }
 };
+template <class T>
 struct ReluBackward {
-    const float* y;
-    const float* dy;
-    float* dx;
-    __device__ void operator()(std::size_t i) const { dx[i] = nn::math::relu_backward(y[i], dy[i]); }
+    const T* y;
+    const T* dy;
+    T* dx;
+    __device__ void operator()(std::size_t i) const {
+        dx[i] = T(nn::math::relu_backward(static_cast<float>(y[i]), static_cast<float>(dy[i])));
+    }
 };
 struct SoftmaxCrossEntropy {
     const float* logits;
@@ -137,47 +160,58 @@ struct SoftmaxCrossEntropy {
 
 /// The columns of `batch` C × H × W images for K × K filters, side by side
 /// (`nn::math::Im2Col::gather_batch`): one GEMM then convolves the whole batch.
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
-void im2col_batch(const float* in, float* col, std::size_t batch, cudaStream_t stream) {
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K, class T>
+void im2col_batch(const T* in, T* col, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
-    detail::for_each_index(batch * Shape::col_size, detail::GatherBatch<Shape>{in, col, batch}, stream);
+    detail::for_each_index(batch * Shape::col_size, detail::GatherBatch<Shape, plain_t<T>>{in, col, batch}, stream);
 }
 /// The input gradient from the columns' gradient (`Im2Col::scatter_back_batch`).
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t K>
-void col2im_batch(const float* dcol, float* dx, std::size_t batch, cudaStream_t stream) {
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K, class T>
+void col2im_batch(const T* dcol, T* dx, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
-    detail::for_each_index(batch * Shape::image_size, detail::ScatterBackBatch<Shape>{dcol, dx, batch}, stream);
+    detail::for_each_index(batch * Shape::image_size, detail::ScatterBackBatch<Shape, plain_t<T>>{dcol, dx, batch}, stream);
 }
 /// [O][B][P] GEMM rows to [B][O][P] images, adding a bias per channel (`nn::math::BatchRows`).
-template <std::size_t O, std::size_t P>
-void rows_to_images(const float* rows, const float* bias, float* images, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>>{rows, bias, images, batch}, stream);
+template <std::size_t O, std::size_t P, class T>
+void rows_to_images(const T* rows, const T* bias, T* images, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>, plain_t<T>>{rows, bias, images, batch},
+                           stream);
 }
-template <std::size_t O, std::size_t P>
-void images_to_rows(const float* images, float* rows, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * O * P, detail::ToRows<nn::math::BatchRows<O, P>>{images, rows, batch}, stream);
+template <std::size_t O, std::size_t P, class T>
+void images_to_rows(const T* images, T* rows, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * O * P, detail::ToRows<nn::math::BatchRows<O, P>, plain_t<T>>{images, rows, batch}, stream);
 }
 /// y[b][f] += bias[f] for `batch` rows of `features`.
-inline void add_bias(float* y, const float* bias, std::size_t features, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * features, detail::AddBias{y, bias, features}, stream);
+template <class T>
+void add_bias(T* y, const T* bias, std::size_t features, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * features, detail::AddBias<plain_t<T>>{y, bias, features}, stream);
 }
-inline void fill(float* out, std::size_t n, float value, cudaStream_t stream) {
-    detail::for_each_index(n, detail::Fill{out, value}, stream);
+template <class T>
+void fill(T* out, std::size_t n, T value, cudaStream_t stream) {
+    detail::for_each_index(n, detail::Fill<plain_t<T>>{out, value}, stream);
+}
+/// dst[i] = G(float(dst[i]) + float(src[i])) for n elements: a gradient computed in T added
+/// into the accumulation buffer (as `cpu::accumulate_rounded` once the CPU rounds to T).
+template <class T, class G>
+void accumulate(const T* src, G* dst, std::size_t n, cudaStream_t stream) {
+    detail::for_each_index(n, detail::Accumulate<plain_t<T>, plain_t<G>>{src, dst}, stream);
 }
 /// S × S max pooling of `batch` C × H × W images; `at` keeps each maximum's place.
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>
-void max_pool_forward(const float* x, float* y, std::uint8_t* at, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * C * (H / S) * (W / S), detail::PoolForward<C, H, W, S>{x, y, at}, stream);
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t S, class T>
+void max_pool_forward(const T* x, T* y, std::uint8_t* at, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * C * (H / S) * (W / S), detail::PoolForward<C, H, W, S, plain_t<T>>{x, y, at}, stream);
 }
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t S>
-void max_pool_backward(const float* dy, const std::uint8_t* at, float* dx, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * C * H * W, detail::PoolBackward<C, H, W, S>{dy, at, dx}, stream);
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t S, class T>
+void max_pool_backward(const T* dy, const std::uint8_t* at, T* dx, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * C * H * W, detail::PoolBackward<C, H, W, S, plain_t<T>>{dy, at, dx}, stream);
 }
-inline void relu_forward(const float* x, float* y, std::size_t n, cudaStream_t stream) {
-    detail::for_each_index(n, detail::ReluForward{x, y}, stream);
+template <class T>
+void relu_forward(const T* x, T* y, std::size_t n, cudaStream_t stream) {
+    detail::for_each_index(n, detail::ReluForward<plain_t<T>>{x, y}, stream);
 }
-inline void relu_backward(const float* y, const float* dy, float* dx, std::size_t n, cudaStream_t stream) {
-    detail::for_each_index(n, detail::ReluBackward{y, dy, dx}, stream);
+template <class T>
+void relu_backward(const T* y, const T* dy, T* dx, std::size_t n, cudaStream_t stream) {
+    detail::for_each_index(n, detail::ReluBackward<plain_t<T>>{y, dy, dx}, stream);
 }
 /// Each sample's loss (double) into `losses` and d mean loss / d logits into `grad`.
 inline void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::size_t classes,

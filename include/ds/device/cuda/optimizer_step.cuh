@@ -52,7 +52,7 @@ void optimizer_step(const Update& update, float* params, T* compute, const G* gr
                     StatePointers<States> states, std::size_t n, cudaStream_t stream) {
     if (n == 0) return;
     constexpr unsigned threads = 256;
-    detail::optimizer_step_kernel<Update, States, G, T>
+    detail::optimizer_step_kernel<Update, States, plain_t<G>, plain_t<T>>
         <<<grid_for(n, threads), threads, 0, stream>>>(update, params, compute, grads, grad_factor, states, n);
     DS_CUDA_CHECK_LAUNCH();
 }

@@ -10,6 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/launch.hpp>
 #include <ds/device/cuda/memory.hpp>
 #include <ds/numeric/storage.hpp>
 
@@ -59,7 +60,7 @@ inline constexpr std::size_t square_sum_scratch = detail::reduce_blocks;
 
 template <storage_float T>
 void square_sum(const T* x, std::size_t n, double* out, double* scratch, cudaStream_t stream) {
-    detail::square_sum_partials<T><<<detail::reduce_blocks, detail::reduce_threads, 0, stream>>>(x, n, scratch);
+    detail::square_sum_partials<plain_t<T>><<<detail::reduce_blocks, detail::reduce_threads, 0, stream>>>(x, n, scratch);
     DS_CUDA_CHECK_LAUNCH();
     detail::sum_partials<<<1, detail::reduce_threads, 0, stream>>>(scratch, detail::reduce_blocks, out);
     DS_CUDA_CHECK_LAUNCH();

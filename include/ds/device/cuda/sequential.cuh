@@ -1,8 +1,9 @@
 #pragma once
 /// @file
-/// `cuda::DeviceSequential<Model>`: an fp32 `nn::Sequential` run on the GPU — the same layer
-/// list, parameter layout (`Model::layer_ranges`) and per-layer hook protocol as the CPU
-/// model, so the engine's ZeRO hooks serve both, over device buffers on one stream.
+/// `cuda::DeviceSequential<Model>`: an `nn::Sequential` run on the GPU with its values
+/// stored as the model's T (float, bf16, half) — the same layer list, parameter layout
+/// (`Model::layer_ranges`) and per-layer hook protocol as the CPU model, so the engine's ZeRO
+/// hooks serve both, over device buffers on one stream.
 
 #include <algorithm>
 #include <array>
@@ -35,10 +36,11 @@ struct Unnamed<L> {
 template <class Model>
 class DeviceSequential;
 
-template <class Input, class... Layers>
-class DeviceSequential<nn::BasicSequential<float, Input, Layers...>> {
+template <class T, class Input, class... Layers>
+class DeviceSequential<nn::BasicSequential<T, Input, Layers...>> {
 public:
-    using model_type = nn::BasicSequential<float, Input, Layers...>;
+    using model_type = nn::BasicSequential<T, Input, Layers...>;
+    using value_type = T;
     static_assert(!model_type::contains_moe, "ds::cuda::DeviceSequential: MoE layers have no CUDA implementation yet");
     using input_shape = typename model_type::input_shape;
     using output_shape = typename model_type::output_shape;
@@ -55,7 +57,7 @@ private:
     struct Devices;
     template <std::size_t... I>
     struct Devices<std::index_sequence<I...>> {
-        using type = std::tuple<DeviceLayer<unbound_t<I>, typename bound_t<I>::input_shape>...>;
+        using type = std::tuple<DeviceLayer<unbound_t<I>, typename bound_t<I>::input_shape, T>...>;
     };
     using device_layers = typename Devices<std::make_index_sequence<layer_count>>::type;
     template <std::size_t I>
@@ -68,12 +70,12 @@ public:
     DeviceSequential(std::size_t max_batch, LayerContext ctx) : ctx_(ctx), max_batch_(max_batch) {
         std::size_t widest = Input::size;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
-            ((std::get<I>(layers_).reserve(max_batch, ctx_), activations_[I] = DeviceBuffer<float>(max_batch * out_size<I>),
+            ((std::get<I>(layers_).reserve(max_batch, ctx_), activations_[I] = DeviceBuffer<T>(max_batch * out_size<I>),
               widest = std::max(widest, out_size<I>)),
              ...);
         }(std::make_index_sequence<layer_count>{});
-        grad_a_ = DeviceBuffer<float>(max_batch * widest);
-        grad_b_ = DeviceBuffer<float>(max_batch * widest);
+        grad_a_ = DeviceBuffer<T>(max_batch * widest);
+        grad_b_ = DeviceBuffer<T>(max_batch * widest);
     }
 
     std::size_t max_batch() const { return max_batch_; }
@@ -91,7 +93,7 @@ public:
     /// asking `hooks.parameters(range)` for each layer's device parameters.
     /// @returns the output on the device, `batch × output_shape::size` values owned by the model
     template <class Hooks>
-    const float* forward(const float* x, std::size_t batch, Hooks& hooks) {
+    const T* forward(const T* x, std::size_t batch, Hooks& hooks) {
         input_ = x;
         batch_ = batch;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
@@ -103,31 +105,32 @@ public:
     /// parameter gradients into `hooks.gradients(range)`; `hooks.backward_done(range)`
     /// follows each layer.
     template <class Hooks>
-    void backward(const float* grad_output, Hooks& hooks) {
-        DS_CUDA_CHECK(cudaMemcpyAsync(grad_a_.data(), grad_output, batch_ * output_shape::size * sizeof(float),
+    void backward(const T* grad_output, Hooks& hooks) {
+        DS_CUDA_CHECK(cudaMemcpyAsync(grad_a_.data(), grad_output, batch_ * output_shape::size * sizeof(T),
                                       cudaMemcpyDeviceToDevice, ctx_.stream));
         backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
     }
 
     /// The same over one flat device parameter buffer and one flat gradient buffer.
-    const float* forward(const float* x, std::size_t batch, const float* params) {
-        nn::FlatHooks<float, float> hooks{params, nullptr};
+    const T* forward(const T* x, std::size_t batch, const T* params) {
+        nn::FlatHooks<T, T> hooks{params, nullptr};
         return forward(x, batch, hooks);
     }
-    void backward(const float* grad_output, const float* params, float* grads) {
-        nn::FlatHooks<float, float> hooks{params, grads};
+    template <class G>
+    void backward(const T* grad_output, const T* params, G* grads) {
+        nn::FlatHooks<T, G> hooks{params, grads};
         backward(grad_output, hooks);
     }
 
     /// The activations of layer I after `forward` (device).
     template <std::size_t I>
-    const float* activation() const {
+    const T* activation() const {
         return activations_[I].data();
     }
 
 private:
     template <std::size_t I>
-    const float* layer_input() const {
+    const T* layer_input() const {
         if constexpr (I == 0) return input_;
         else return activations_[I - 1].data();
     }
@@ -135,17 +138,17 @@ private:
     template <std::size_t I, class Hooks>
     void forward_layer(Hooks& hooks) {
         constexpr LayerRange range = model_type::layer_ranges[I];
-        const float* w = nullptr;
+        const T* w = nullptr;
         if constexpr (range.count > 0) w = hooks.parameters(range);
         std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
         if constexpr (range.count > 0) hooks.forward_done(range);
     }
 
     template <std::size_t I, class Hooks>
-    void backward_from(float* dy, float* dx, Hooks& hooks) {
+    void backward_from(T* dy, T* dx, Hooks& hooks) {
         constexpr LayerRange range = model_type::layer_ranges[I];
-        const float* w = nullptr;
-        float* dw = nullptr;
+        const T* w = nullptr;
+        decltype(hooks.gradients(range)) dw = nullptr;
         if constexpr (range.count > 0) {
             w = hooks.parameters(range);
             dw = hooks.gradients(range);
@@ -158,9 +161,9 @@ private:
 
     LayerContext ctx_;
     device_layers layers_{};
-    std::array<DeviceBuffer<float>, layer_count> activations_{};
-    DeviceBuffer<float> grad_a_, grad_b_;
-    const float* input_ = nullptr;
+    std::array<DeviceBuffer<T>, layer_count> activations_{};
+    DeviceBuffer<T> grad_a_, grad_b_;
+    const T* input_ = nullptr;
     std::size_t batch_ = 0;
     std::size_t max_batch_;
 };

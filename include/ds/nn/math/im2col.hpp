@@ -3,7 +3,8 @@
 /// The column form of a stride-1, unpadded convolution, element by element: the CUDA
 /// backend turns Conv2d into one GEMM over these columns (the CPU backend convolves
 /// directly, ds/device/cpu/conv_kernels.hpp). Each index is one output element, computed
-/// by gathering, so a kernel needs no atomics.
+/// by gathering, so a kernel needs no atomics. Values are stored as T (float, bf16, half);
+/// sums run in float and round once.
 
 #include <cstddef>
 
@@ -24,7 +25,8 @@ struct Im2Col {
     static constexpr std::size_t image_size = C * H * W;
 
     /// Column element `index` of the batch (index < batch · col_size).
-    DS_HOST_DEVICE static void gather(std::size_t index, const float* in, float* col) {
+    template <class T>
+    DS_HOST_DEVICE static void gather(std::size_t index, const T* in, T* col) {
         const std::size_t b = index / col_size, e = index % col_size;
         const std::size_t r = e / cols, p = e % cols;
         const std::size_t c = r / (K * K), i = r / K % K, j = r % K, y = p / out_w, x = p % out_w;
@@ -32,32 +34,35 @@ struct Im2Col {
     }
 
     /// Input-gradient element `index` of the batch (index < batch · image_size).
-    DS_HOST_DEVICE static void scatter_back(std::size_t index, const float* dcol, float* dx) {
+    template <class T>
+    DS_HOST_DEVICE static void scatter_back(std::size_t index, const T* dcol, T* dx) {
         const std::size_t b = index / image_size, e = index % image_size;
         const std::size_t c = e / (H * W), h = e / W % H, w = e % W;
-        const float* image = dcol + b * col_size;
+        const T* image = dcol + b * col_size;
         float sum = 0.0f;
         for (std::size_t i = 0; i < K; ++i) {
             if (h < i || h - i >= out_h) continue;
             for (std::size_t j = 0; j < K; ++j) {
                 if (w < j || w - j >= out_w) continue;
-                sum += image[((c * K + i) * K + j) * cols + (h - i) * out_w + (w - j)];
+                sum += static_cast<float>(image[((c * K + i) * K + j) * cols + (h - i) * out_w + (w - j)]);
             }
         }
-        dx[index] = sum;
+        dx[index] = T(sum);
     }
 
     /// The whole batch's columns as one matrix, image b's beside image b − 1's:
     /// `col[r][b·cols + p] = col(b)[r][p]`, [C·K·K × B·OH·OW], so one GEMM gives
     /// out'[O × B·OH·OW] = weight · col for the batch (`BatchRows` turns it into images).
-    DS_HOST_DEVICE static void gather_batch(std::size_t index, const float* in, float* col, std::size_t batch) {
+    template <class T>
+    DS_HOST_DEVICE static void gather_batch(std::size_t index, const T* in, T* col, std::size_t batch) {
         const std::size_t width = batch * cols;
         const std::size_t r = index / width, b = index % width / cols, p = index % cols;
         const std::size_t c = r / (K * K), i = r / K % K, j = r % K, y = p / out_w, x = p % out_w;
         col[index] = in[b * image_size + (c * H + y + i) * W + x + j];
     }
     /// `scatter_back` over the batch's columns as `gather_batch` lays them out.
-    DS_HOST_DEVICE static void scatter_back_batch(std::size_t index, const float* dcol, float* dx, std::size_t batch) {
+    template <class T>
+    DS_HOST_DEVICE static void scatter_back_batch(std::size_t index, const T* dcol, T* dx, std::size_t batch) {
         const std::size_t width = batch * cols;
         const std::size_t b = index / image_size, e = index % image_size;
         const std::size_t c = e / (H * W), h = e / W % H, w = e % W;
@@ -66,10 +71,10 @@ struct Im2Col {
             if (h < i || h - i >= out_h) continue;
             for (std::size_t j = 0; j < K; ++j) {
                 if (w < j || w - j >= out_w) continue;
-                sum += dcol[((c * K + i) * K + j) * width + b * cols + (h - i) * out_w + (w - j)];
+                sum += static_cast<float>(dcol[((c * K + i) * K + j) * width + b * cols + (h - i) * out_w + (w - j)]);
             }
         }
-        dx[index] = sum;
+        dx[index] = T(sum);
     }
 };
 
@@ -78,13 +83,14 @@ struct Im2Col {
 template <std::size_t O, std::size_t P>
 struct BatchRows {
     /// `images[b][o][p] = rows[o][b][p] + bias[o]`, element `index` of the images.
-    DS_HOST_DEVICE static void to_images(std::size_t index, const float* rows, const float* bias, float* images,
-                                         std::size_t batch) {
+    template <class T>
+    DS_HOST_DEVICE static void to_images(std::size_t index, const T* rows, const T* bias, T* images, std::size_t batch) {
         const std::size_t b = index / (O * P), o = index / P % O, p = index % P;
-        images[index] = rows[(o * batch + b) * P + p] + bias[o];
+        images[index] = T(static_cast<float>(rows[(o * batch + b) * P + p]) + static_cast<float>(bias[o]));
     }
     /// `rows[o][b][p] = images[b][o][p]`, element `index` of the rows.
-    DS_HOST_DEVICE static void to_rows(std::size_t index, const float* images, float* rows, std::size_t batch) {
+    template <class T>
+    DS_HOST_DEVICE static void to_rows(std::size_t index, const T* images, T* rows, std::size_t batch) {
         const std::size_t o = index / (batch * P), b = index / P % batch, p = index % P;
         rows[index] = images[(b * O + o) * P + p];
     }

@@ -2,9 +2,13 @@
 //
 // Trains the tutorial's LeNet-style Net with Adam, WarmupLR and gradient clipping, then
 // reports test accuracy overall and per class. One binary per policy combination:
-// cifar10_<dtype>_zero<stage> (CMake builds them; run_ds.sh picks one from --dtype/--stage).
+// cifar10_<dtype>_zero<stage> (CMake builds them; run_ds.sh picks one from --dtype/--stage),
+// one translation unit each; and cifar10_<dtype>_zero<stage>_cuda on the GPU, all twelve
+// from one nvcc translation unit (cifar10_cuda.cu includes this file with CIFAR10_CUDA=1;
+// cifar10_cuda_main.cpp is each one's main), so each kernel is compiled once.
 //
 //   build/bin/cifar10_fp32_zero0 --dataset fashion-mnist --epochs 2
+//   build/bin/cifar10_fp32_zero2_cuda --dataset fashion-mnist --epochs 2
 //
 // Data: CIFAR-10's binary batches in --data-dir if present, else Fashion-MNIST from
 // Debian's dataset-fashion-mnist (the Net adapts to 1×28×28 at compile time).
@@ -19,9 +23,11 @@
 #include <sstream>
 #include <string>
 
+#ifndef CIFAR10_CUDA
+#define CIFAR10_CUDA 0
+#endif
+#if !CIFAR10_CUDA
 #include <cblas.h>
-#if defined(_OPENMP)
-#include <omp.h>
 #endif
 #include <nlohmann/json.hpp>
 
@@ -42,19 +48,38 @@
 
 #if DSPP_HAVE_MPI
 #include <ds/comm/mpi.hpp>
-using Comm = ds::comm::Mpi;  // ranks launched with mpirun (run_ds.sh -n N)
+using World = ds::comm::Mpi;  // ranks launched with mpirun (run_ds.sh -n N)
 #else
-using Comm = ds::comm::Single;
+using World = ds::comm::Single;
 #endif
 
-#ifndef CIFAR10_DTYPE
-#define CIFAR10_DTYPE "fp32"
+// The engine's communicator: the world itself on the CPU; on the GPU one over device
+// buffers — NCCL between the GPUs, else MPI staged through the host (which also lets
+// several ranks share one GPU), else a world of one.
+#if CIFAR10_CUDA
+#include <ds/device/cuda/engine.cuh>
+using Device = ds::Cuda;
+#if DSPP_HAVE_MPI && DSPP_HAVE_NCCL
+#include <ds/comm/nccl.hpp>
+using Comm = ds::comm::Nccl;
+Comm engine_communicator(World& world) {
+    int devices = 0;
+    DS_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    DS_CUDA_CHECK(cudaSetDevice(ds::comm::init_distributed().local_rank % devices));  // NCCL binds this device
+    return ds::comm::Nccl::over(world);
+}
+#elif DSPP_HAVE_MPI
+#include <ds/comm/cuda_mpi.hpp>
+using Comm = ds::comm::CudaMpi;
+Comm engine_communicator(World& world) { return Comm(world.split(0, world.rank())); }
+#else
+using Comm = ds::comm::CudaSingle;
+Comm engine_communicator(World&) { return {}; }
 #endif
-#ifndef CIFAR10_STAGE
-#define CIFAR10_STAGE 0
-#endif
-#ifndef CIFAR10_MOE
-#define CIFAR10_MOE 0
+#else
+using Device = ds::Cpu;
+using Comm = World;
+Comm engine_communicator(World& world) { return std::move(world); }
 #endif
 
 namespace {
@@ -62,30 +87,41 @@ namespace {
 /// Whether this process prints: rank 0 only, as the Python example's `local_rank == 0`.
 bool leader = true;
 
-constexpr std::string_view binary_dtype = CIFAR10_DTYPE;
-constexpr int binary_stage = CIFAR10_STAGE;
+enum class Dtype { fp32, bf16, fp16 };
+constexpr std::string_view dtype_names[] = {"fp32", "bf16", "fp16"};
 
-/// The example's ds_config with this binary's precision and stage.
-constexpr ds::Config binary_config = [] {
-    ds::Config c = cifar10::ds_config;
-    c.zero_optimization.stage = binary_stage;
-    c.bf16.enabled = binary_dtype == "bf16";
-    c.fp16.enabled = binary_dtype == "fp16";
-    return c;
-}();
-static_assert(ds::static_check<binary_config, 1>());
-using Policies = ds::PoliciesFor<binary_config>;
+/// What one binary is: its precision, ZeRO stage and Net (dense or --moe), and so the
+/// example's ds_config with that precision and stage, and the policies it asks for.
+template <Dtype D, int Stage, bool Moe>
+struct Binary {
+    static constexpr std::string_view dtype = dtype_names[static_cast<int>(D)];
+    static constexpr int stage = Stage;
+    static constexpr bool moe = Moe;
+    static constexpr ds::Config config = [] {
+        ds::Config c = cifar10::ds_config;
+        c.zero_optimization.stage = Stage;
+        c.bf16.enabled = D == Dtype::bf16;
+        c.fp16.enabled = D == Dtype::fp16;
+        return c;
+    }();
+    static_assert(ds::static_check<config, 1>());
+    using policies = ds::PoliciesFor<config>;
+};
 
-constexpr bool binary_moe = CIFAR10_MOE;
-
-std::string binary_name(std::string_view dtype, int stage, bool moe = binary_moe) {
-    return std::string(moe ? "cifar10_moe_" : "cifar10_") + std::string(dtype) + "_zero" + std::to_string(stage);
+std::string binary_name(std::string_view dtype, int stage, bool moe) {
+    return std::string(moe ? "cifar10_moe_" : "cifar10_") + std::string(dtype) + "_zero" + std::to_string(stage) +
+           (CIFAR10_CUDA ? "_cuda" : "");
 }
 
 /// The config this run uses: the binary's own, or --deepspeed_config's numbers when they
 /// ask for the same policies (otherwise the error names the binary that matches).
+template <class B>
 ds::Config resolve_config(const cifar10::Args& args) {
-    const std::string self = binary_name(binary_dtype, binary_stage);
+    using Policies = typename B::policies;
+    const auto binary_dtype = B::dtype;
+    const int binary_stage = B::stage;
+    const bool binary_moe = B::moe;
+    const std::string self = binary_name(binary_dtype, binary_stage, binary_moe);
     const std::string other = binary_name(args.dtype.empty() ? binary_dtype : args.dtype,
                                           args.stage.value_or(binary_stage), !binary_moe);
     if (args.moe && !binary_moe)
@@ -96,18 +132,20 @@ ds::Config resolve_config(const cifar10::Args& args) {
                                     " for the dense Net");
     if (!args.dtype.empty() && args.dtype != binary_dtype)
         throw std::invalid_argument("--dtype " + args.dtype + ": this binary is " + self + "; run " +
-                                    binary_name(args.dtype, args.stage.value_or(binary_stage)) +
+                                    binary_name(args.dtype, args.stage.value_or(binary_stage), binary_moe) +
                                     " (examples/cifar10/run_ds.sh picks it)");
     if (args.stage && *args.stage != binary_stage)
         throw std::invalid_argument("--stage " + std::to_string(*args.stage) + ": this binary is " + self + "; run " +
-                                    binary_name(args.dtype.empty() ? binary_dtype : args.dtype, *args.stage));
-    ds::Config cfg = binary_config;
+                                    binary_name(args.dtype.empty() ? binary_dtype : args.dtype, *args.stage,
+                                                binary_moe));
+    ds::Config cfg = B::config;
     if (!args.deepspeed_config.empty()) {
         const auto loaded = ds::load_config(args.deepspeed_config, 1);
         for (const auto& w : loaded.warnings) std::cerr << "warning: " << w << "\n";
         cfg = loaded.config;
         if (auto rule = ds::check_agrees<Policies>(cfg); !rule) {
-            const std::string wanted = binary_name(ds::detail::config_dtype(cfg), cfg.zero_optimization.stage);
+            const std::string wanted =
+                binary_name(ds::detail::config_dtype(cfg), cfg.zero_optimization.stage, binary_moe);
             throw std::invalid_argument(args.deepspeed_config + ": " + std::string(rule.what()) + ". This binary is " +
                                         self + (wanted != self ? "; run " + wanted + " for this config" : ""));
         }
@@ -143,10 +181,11 @@ void print_loss(int epoch, std::size_t step, double mean) {
     std::fflush(stdout);
 }
 
-template <class Net>
+template <class B, class Net>
 int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
+    using Policies = typename B::policies;
     using Engine = ds::Engine<Net, typename Policies::optimizer_policy, typename Policies::zero_policy,
-                              typename Policies::precision_policy, ds::Cpu, Comm>;
+                              typename Policies::precision_policy, Device, Comm>;
     constexpr std::size_t classes = Net::output_shape::size;
     auto [engine, optimizer, trainloader, scheduler] =
         ds::initialize<Engine>(cfg, data.train, {.shuffle = !args.no_shuffle}, std::move(comm));
@@ -169,7 +208,7 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     if (leader)
         std::cout << "dspp engine: " << ds::name_of(Policies::optimizer_policy::type) << ", ZeRO stage "
                   << Engine::zero_optimization_stage() << ", " << Policies::precision_policy::name << ", "
-                  << Policies::device_policy::name << ", " << engine->world_size() << " rank(s); "
+                  << Device::name << ", " << engine->world_size() << " rank(s); "
                   << Engine::full_model_type::param_count << " parameters";
     if (leader && Engine::expert_parallel_size > 1)
         std::cout << " (" << Net::param_count << " per rank: the experts split over " << Engine::expert_parallel_size
@@ -217,7 +256,8 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
     const ds::comm::CommCounters counters_after = engine->communicator().counters();
     const ds::comm::CommCounters experts_after = engine->expert_parallel_counters();
     const ds::comm::CommCounters holders_after = engine->expert_data_parallel_counters();
-    const ds::nn::MoETimings moe_time = ds::nn::moe_timings(engine->module());
+    ds::nn::MoETimings moe_time{};
+    if constexpr (Net::contains_moe) moe_time = ds::nn::moe_timings(engine->module());
     if (leader && Net::contains_moe && cfg.wall_clock_breakdown)
         std::printf("moe time (s, training, rank 0): gate %.3f | first all-to-all %.3f | second all-to-all %.3f\n",
                     moe_time.gate, moe_time.first_all_to_all, moe_time.second_all_to_all);
@@ -285,8 +325,8 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
             {"images_per_sec", images_per_sec},
             {"params", Engine::full_model_type::param_count},
             {"world_size", engine->world_size()},
-            {"dtype", std::string(binary_dtype)},
-            {"zero_stage", binary_stage},
+            {"dtype", std::string(B::dtype)},
+            {"zero_stage", B::stage},
             {"dataset", data.train.name},
             {"train_seconds", seconds},
             {"micro_batch", engine->train_micro_batch_size_per_gpu()},
@@ -310,18 +350,19 @@ int train_and_test(const cifar10::Args& args, const ds::Config& cfg, const Split
 
 /// The Net for C × Side × Side images: the dense one, or in a MoE binary the MoE Net that
 /// `--num-experts` and `--mlp-type` name (each is its own type: the experts are parameters).
-template <std::size_t C, std::size_t Side>
+template <class B, std::size_t C, std::size_t Side>
 int train(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, Comm comm) {
-    if constexpr (!binary_moe) {
-        return train_and_test<cifar10::Net<C, Side>>(args, cfg, data, std::move(comm));
+    if constexpr (!B::moe) {
+        return train_and_test<B, cifar10::Net<C, Side>>(args, cfg, data, std::move(comm));
     } else {
         using ds::nn::MoEMlp;
         const bool residual = args.mlp_type == "residual";
         // --ep-world-size sets how many experts each rank holds: a type, like the expert list.
         const auto with_ep = [&]<class Net>() {
-            if (args.ep_world_size == 1) return train_and_test<Net>(args, cfg, data, std::move(comm));
+            if (args.ep_world_size == 1) return train_and_test<B, Net>(args, cfg, data, std::move(comm));
             if (args.ep_world_size == 2)
-                return train_and_test<typename Net::template with_expert_parallel<2>>(args, cfg, data, std::move(comm));
+                return train_and_test<B, typename Net::template with_expert_parallel<2>>(args, cfg, data,
+                                                                                         std::move(comm));
             throw std::invalid_argument("--ep-world-size " + std::to_string(args.ep_world_size) +
                                         ": this binary is built for 1 and 2 (run_ds_moe.sh uses 2); other sizes are "
                                         "instantiated in examples/cifar10/cifar10.cpp's train()");
@@ -341,21 +382,22 @@ int train(const cifar10::Args& args, const ds::Config& cfg, const Splits& data, 
     }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+/// The program, as binary B.
+template <class B>
+int run(int argc, char** argv) {
 #if DSPP_HAVE_MPI
     ds::comm::MpiSession session(&argc, &argv);
 #endif
-    Comm world;
+    World world;
     leader = world.rank() == 0;
     try {
         const auto args = cifar10::parse_args(argc, argv);
         if (args.help) {
-            if (leader) std::cout << "usage: " << binary_name(binary_dtype, binary_stage) << " [flags]\n" << cifar10::usage_text;
+            if (leader) std::cout << "usage: " << binary_name(B::dtype, B::stage, B::moe) << " [flags]\n" << cifar10::usage_text;
             return 0;
         }
-        const ds::Config cfg = resolve_config(args);
+        const ds::Config cfg = resolve_config<B>(args);
+#if !CIFAR10_CUDA
         // Convolutions split images over OpenMP threads; the small fully connected GEMMs use
         // one BLAS thread (OpenBLAS's own threads would spin against OpenMP's).
         openblas_set_num_threads(1);
@@ -363,14 +405,17 @@ int main(int argc, char** argv) {
         if (args.threads) ds::cpu::set_threads(*args.threads);
         else if (!std::getenv("OMP_NUM_THREADS"))
             ds::cpu::set_threads(ds::cpu::cores_per_rank(ds::comm::init_distributed().local_world_size));
+#endif
         Splits data;
         ds::comm::rank_zero_first(world, [&] { data = load_data(args); });  // rank 0 reads (and reports) first
         if (leader)
             std::cout << "dataset: " << data.train.name << " (" << data.train.channels << "x" << data.train.height
                       << "x" << data.train.width << ", " << data.train.size() << " train, " << data.test.size()
                       << " test)\n";
-        if (data.train.channels == 3 && data.train.height == 32) return train<3, 32>(args, cfg, data, std::move(world));
-        if (data.train.channels == 1 && data.train.height == 28) return train<1, 28>(args, cfg, data, std::move(world));
+        if (data.train.channels == 3 && data.train.height == 32)
+            return train<B, 3, 32>(args, cfg, data, engine_communicator(world));
+        if (data.train.channels == 1 && data.train.height == 28)
+            return train<B, 1, 28>(args, cfg, data, engine_communicator(world));
         throw std::invalid_argument("no Net is built for " + std::to_string(data.train.channels) + "x" +
                                     std::to_string(data.train.height) + "x" + std::to_string(data.train.width) + " images");
     } catch (const std::exception& e) {
@@ -381,3 +426,38 @@ int main(int argc, char** argv) {
         return 2;
     }
 }
+
+}  // namespace
+
+#if CIFAR10_CUDA
+/// Every dtype and stage of the dense Net on the GPU: the entry of cifar10_<dtype>_zero<stage>_cuda.
+int cifar10_cuda_main(std::string_view dtype, int stage, int argc, char** argv) {
+    const auto with_stage = [&]<Dtype D>() {
+        switch (stage) {
+            case 0: return run<Binary<D, 0, false>>(argc, argv);
+            case 1: return run<Binary<D, 1, false>>(argc, argv);
+            case 2: return run<Binary<D, 2, false>>(argc, argv);
+            case 3: return run<Binary<D, 3, false>>(argc, argv);
+        }
+        std::cerr << "error: no ZeRO stage " << stage << "\n";
+        return 2;
+    };
+    if (dtype == "bf16") return with_stage.template operator()<Dtype::bf16>();
+    if (dtype == "fp16") return with_stage.template operator()<Dtype::fp16>();
+    return with_stage.template operator()<Dtype::fp32>();
+}
+#else
+#ifndef CIFAR10_DTYPE
+#define CIFAR10_DTYPE "fp32"
+#endif
+#ifndef CIFAR10_STAGE
+#define CIFAR10_STAGE 0
+#endif
+#ifndef CIFAR10_MOE
+#define CIFAR10_MOE 0
+#endif
+constexpr Dtype binary_dtype = std::string_view(CIFAR10_DTYPE) == "bf16"   ? Dtype::bf16
+                               : std::string_view(CIFAR10_DTYPE) == "fp16" ? Dtype::fp16
+                                                                           : Dtype::fp32;
+int main(int argc, char** argv) { return run<Binary<binary_dtype, CIFAR10_STAGE, CIFAR10_MOE>>(argc, argv); }
+#endif

@@ -1,6 +1,7 @@
 // The CPU reference run of tests/gpu/engine_gpu_test.cu (see engine_reference.hpp).
 #include "gpu/engine_reference.hpp"
 
+#include <ds/comm/threads.hpp>
 #include <ds/engine/engine.hpp>
 
 #include "cifar10/ds_config.hpp"
@@ -28,4 +29,15 @@ TrainingRun train_on_cpu(int steps, Dtype dtype) {
         case Dtype::fp16: return train_on_cpu_in<ds::FP16<>>(steps, dtype);
         default: return train_on_cpu_in<ds::FP32>(steps, dtype);
     }
+}
+
+std::vector<TrainingRun> train_on_cpu_ranks(int steps, int ranks) {
+    std::vector<TrainingRun> runs(static_cast<std::size_t>(ranks));
+    ds::comm::run_ranks(ranks, [&](ds::comm::Threads& world) {
+        const auto r = static_cast<std::size_t>(world.rank());
+        ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(
+            engine_test_config(ranks), std::move(world));
+        runs[r] = train_steps(engine, steps);
+    });
+    return runs;
 }

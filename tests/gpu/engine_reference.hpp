@@ -48,5 +48,5 @@ TrainingRun train_steps(Engine& engine, int steps) {
 
 /// The CPU engine's run at ZeRO stage 0 in `dtype`.
 TrainingRun train_on_cpu(int steps, Dtype dtype = Dtype::fp32);
-/// The CPU engine's run over `comm::Mpi` (every rank of the MPI world; engine_mpi_reference.cpp).
-TrainingRun train_on_cpu_mpi(int steps);
+/// The CPU engine's runs over `ranks` ranks (`comm::Threads`), rank by rank.
+std::vector<TrainingRun> train_on_cpu_ranks(int steps, int ranks);

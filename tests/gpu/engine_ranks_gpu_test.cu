@@ -1,0 +1,118 @@
+// ds::Engine<..., ds::Cuda> with 2 ranks on one GPU, the ranks threads of this process over
+// comm::CudaStaged<comm::Threads> (NCCL refuses two ranks on one GPU; the staged
+// communicator goes through the host, and needs no MPI): ZeRO stage 0 over two ranks that
+// see different batches trains as the CPU engine over comm::Threads does, every step's loss
+// and the final parameters; stages 1, 2 and 3 train as stage 0 on the GPU, with buckets and
+// gathers small enough to take many pieces, and hold 1/2 of what they partition.
+// Without a CUDA device it prints "skipped: no CUDA device" and exits 77 (CTest: skipped).
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "device_or_skip.hpp"
+
+#include <ds/comm/cuda_staged.hpp>
+#include <ds/comm/threads.hpp>
+#include <ds/device/cuda/engine.cuh>
+#include <ds/engine/engine.hpp>
+
+#include "cifar10/net.hpp"
+#include "gpu/engine_reference.hpp"
+
+namespace {
+
+using Staged = ds::comm::CudaStaged<ds::comm::Threads>;
+template <class Z>
+using GpuEngine = ds::Engine<cifar10::CifarNet, ds::Adam<>, Z, ds::FP32, ds::Cuda, Staged>;
+constexpr int steps = 30;
+
+/// What one rank of a run saw.
+struct RankRun {
+    TrainingRun run;
+    double norm = 0;
+    std::size_t padded = 0;
+    ds::MemoryReport memory;
+};
+
+/// Both ranks' runs of the engine at stage Z on one GPU, the ranks threads of this process.
+template <class Z>
+std::vector<RankRun> gpu_runs(const ds::Config& cfg) {
+    std::vector<RankRun> ranks(2);
+    ds::comm::run_ranks(2, [&](ds::comm::Threads& world) {
+        const auto r = static_cast<std::size_t>(world.rank());
+        GpuEngine<Z> engine(cfg, Staged(std::move(world)));
+        ranks[r].run = train_steps(engine, steps);
+        ranks[r].norm = engine.get_global_grad_norm();
+        ranks[r].padded = engine.padded_params();
+        ranks[r].memory = engine.memory_report();
+    });
+    return ranks;
+}
+
+double relative(double got, double expected, double floor) {
+    return std::abs(got - expected) / std::max(std::abs(expected), floor);
+}
+double worst_loss(const TrainingRun& a, const TrainingRun& b) {
+    double worst = 0;
+    for (std::size_t s = 0; s < a.losses.size(); ++s) worst = std::max(worst, relative(a.losses[s], b.losses[s], 1e-3));
+    return worst;
+}
+double worst_parameter(const TrainingRun& a, const TrainingRun& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.params.size(); ++i) worst = std::max(worst, relative(a.params[i], b.params[i], 1e-2));
+    return worst;
+}
+
+}  // namespace
+
+TEST_SUITE("gpu") {
+
+TEST_CASE("2 ranks on one GPU: ZeRO stage 0 over CudaStaged<Threads> trains as the CPU engine over Threads") {
+    const std::vector<TrainingRun> cpu = train_on_cpu_ranks(steps, 2);
+    const auto gpu = gpu_runs<ds::Zero<0>>(engine_test_config(2));
+    for (std::size_t r = 0; r < 2; ++r) {
+        INFO("rank " << r);
+        CHECK(worst_loss(gpu[r].run, cpu[r]) < 1e-3);  // fp32 on both, summed in other orders
+        REQUIRE(gpu[r].run.params.size() == cpu[r].params.size());
+        CHECK(worst_parameter(gpu[r].run, cpu[r]) < 2e-3);
+    }
+    CHECK(gpu[0].run.params == gpu[1].run.params);  // the ranks agree exactly
+    CHECK(gpu[0].run.losses.back() < gpu[0].run.losses.front());
+}
+
+TEST_CASE_TEMPLATE("2 ranks on one GPU: ZeRO stages 1-3 train as stage 0", Z, ds::Zero<1>, ds::Zero<2>, ds::Zero<3>) {
+    const auto stage0 = gpu_runs<ds::Zero<0>>(engine_test_config(2));
+    ds::Config cfg = engine_test_config(2);
+    cfg.zero_optimization.stage = Z::stage;
+    cfg.zero_optimization.reduce_bucket_size = 4096;
+    cfg.zero_optimization.overlap_comm = true;
+    cfg.zero_optimization.stage3_param_persistence_threshold = 1000;
+    const auto runs = gpu_runs<Z>(cfg);
+    for (std::size_t r = 0; r < 2; ++r) {
+        INFO("rank " << r);
+        const RankRun& rank = runs[r];
+        // Halving is exact, so pre-divided reduce-scatters sum what stage 0 sums: only the
+        // norm's partial sums (over two partitions) are in another order.
+        CHECK(worst_loss(rank.run, stage0[r].run) < 1e-5);
+        REQUIRE(rank.run.params.size() == stage0[r].run.params.size());
+        CHECK(worst_parameter(rank.run, stage0[r].run) < 1e-5);
+        CHECK(rank.norm == doctest::Approx(stage0[r].norm).epsilon(1e-5));
+        const auto& memory = rank.memory;
+        CHECK(memory.optimizer_states * 2 * cifar10::CifarNet::param_count ==
+              stage0[r].memory.optimizer_states * rank.padded);  // half of the padded model each
+        if constexpr (Z::partitions_gradients) CHECK(memory.gradients * 2 == rank.padded * sizeof(float));
+        if constexpr (Z::partitions_parameters) CHECK(memory.parameters * 2 == rank.padded * sizeof(float));
+        else CHECK(memory.parameters == rank.padded * sizeof(float));
+    }
+}
+
+}  // TEST_SUITE
+
+int main(int argc, char** argv) {
+    if (const int code = device_or_skip()) return code;
+    doctest::Context context(argc, argv);
+    return context.run();
+}

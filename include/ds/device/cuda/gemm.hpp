@@ -38,6 +38,7 @@ enum class Op { none, transpose };
 enum class Epilogue { none, bias, relu_bias };
 
 /// Row-major C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C (+ epilogue), on a stream.
+/// C may be fp32 under 2-byte A and B (the sums kept unrounded for a later bias add).
 /// One `Gemm` per stream and host thread: its workspace and cached descriptors are reused by
 /// every call, so two streams sharing one would race on them.
 ///
@@ -60,13 +61,14 @@ public:
     /// TF32 tensor cores for fp32 operands (off by default: fp32 results match the CPU's).
     bool use_tf32 = false;
 
-    template <storage_float T>
+    template <storage_float T, storage_float C>
     void operator()(Op op_a, Op op_b, std::size_t m, std::size_t n, std::size_t k, float alpha, const T* a,
-                    std::size_t lda, const T* b, std::size_t ldb, float beta, T* c, std::size_t ldc, cudaStream_t stream,
-                    Epilogue epilogue = Epilogue::none, const T* bias = nullptr) {
+                    std::size_t lda, const T* b, std::size_t ldb, float beta, C* c, std::size_t ldc, cudaStream_t stream,
+                    Epilogue epilogue = Epilogue::none, const C* bias = nullptr) {
+        static_assert(std::is_same_v<C, T> || std::is_same_v<C, float>, "ds::cuda::Gemm: C is A's dtype or fp32");
         if (m == 0 || n == 0) return;
-        const Key key{data_type<T>(), op_a, op_b, m, n, k, lda, ldb, ldc, epilogue, use_tf32 && std::is_same_v<T, float>,
-                      alignment(a), alignment(b), alignment(c)};
+        const Key key{data_type<T>(), data_type<C>(), op_a, op_b, m, n, k, lda, ldb, ldc, epilogue,
+                      use_tf32 && std::is_same_v<T, float>, alignment(a), alignment(b), alignment(c)};
         auto it = plans_.find(key);
         if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
         Plan& plan = it->second;
@@ -83,7 +85,7 @@ public:
 
 private:
     struct Key {
-        cudaDataType_t type;
+        cudaDataType_t type, out_type;
         Op op_a, op_b;
         std::size_t m, n, k, lda, ldb, ldc;
         Epilogue epilogue;
@@ -130,7 +132,7 @@ private:
                 const cublasLtEpilogue_t e =
                     key.epilogue == Epilogue::bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_RELU_BIAS;
                 DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e)));
-                const cudaDataType_t bias_type = key.type;
+                const cudaDataType_t bias_type = key.out_type;
                 DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                                sizeof(bias_type)));
             }
@@ -141,7 +143,7 @@ private:
             const auto cols_second = key.op_a == Op::none ? key.m : key.k;
             DS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.first, key.type, rows_first, cols_first, static_cast<std::int64_t>(key.ldb)));
             DS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.second, key.type, rows_second, cols_second, static_cast<std::int64_t>(key.lda)));
-            DS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.out, key.type, key.n, key.m, static_cast<std::int64_t>(key.ldc)));
+            DS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.out, key.out_type, key.n, key.m, static_cast<std::int64_t>(key.ldc)));
 
             cublasLtMatmulPreference_t preference = nullptr;
             DS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));

@@ -52,9 +52,9 @@ struct ScatterBackBatch {
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::scatter_back_batch(i, dcol, dx, batch); }
 };
-template <class Rows, class T>
+template <class Rows, class R, class T>
 struct ToImages {
-    const T* rows;
+    const R* rows;
     const T* bias;
     T* images;
     std::size_t batch;
@@ -67,13 +67,15 @@ struct ToRows {
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Rows::to_rows(i, images, rows, batch); }
 };
-template <class T>
+/// y[i] = T(float(sums[i]) + float(bias[i % features])): one rounding (in place for fp32).
+template <class R, class T>
 struct AddBias {
-    T* y;
+    const R* sums;
     const T* bias;
+    T* y;
     std::size_t features;
     __device__ void operator()(std::size_t i) const {
-        y[i] = T(static_cast<float>(y[i]) + static_cast<float>(bias[i % features]));
+        y[i] = T(static_cast<float>(sums[i]) + static_cast<float>(bias[i % features]));
     }
 };
 template <class T>
@@ -171,20 +173,23 @@ void col2im_batch(const T* dcol, T* dx, std::size_t batch, cudaStream_t stream) 
     using Shape = nn::math::Im2Col<C, H, W, K>;
     detail::for_each_index(batch * Shape::image_size, detail::ScatterBackBatch<Shape, plain_t<T>>{dcol, dx, batch}, stream);
 }
-/// [O][B][P] GEMM rows to [B][O][P] images, adding a bias per channel (`nn::math::BatchRows`).
-template <std::size_t O, std::size_t P, class T>
-void rows_to_images(const T* rows, const T* bias, T* images, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>, plain_t<T>>{rows, bias, images, batch},
-                           stream);
+/// [O][B][P] GEMM rows (T, or unrounded fp32 sums) to [B][O][P] images, adding a bias per
+/// channel (`nn::math::BatchRows`).
+template <std::size_t O, std::size_t P, class R, class T>
+void rows_to_images(const R* rows, const T* bias, T* images, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(
+        batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>, plain_t<R>, plain_t<T>>{rows, bias, images, batch},
+        stream);
 }
 template <std::size_t O, std::size_t P, class T>
 void images_to_rows(const T* images, T* rows, std::size_t batch, cudaStream_t stream) {
     detail::for_each_index(batch * O * P, detail::ToRows<nn::math::BatchRows<O, P>, plain_t<T>>{images, rows, batch}, stream);
 }
-/// y[b][f] += bias[f] for `batch` rows of `features`.
-template <class T>
-void add_bias(T* y, const T* bias, std::size_t features, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * features, detail::AddBias<plain_t<T>>{y, bias, features}, stream);
+/// y[b][f] = sums[b][f] + bias[f] for `batch` rows of `features`, rounded once to T (`sums`
+/// may be `y` itself, or unrounded fp32 products).
+template <class R, class T>
+void add_bias(const R* sums, const T* bias, T* y, std::size_t features, std::size_t batch, cudaStream_t stream) {
+    detail::for_each_index(batch * features, detail::AddBias<plain_t<R>, plain_t<T>>{sums, bias, y, features}, stream);
 }
 template <class T>
 void fill(T* out, std::size_t n, T value, cudaStream_t stream) {

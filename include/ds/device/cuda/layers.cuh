@@ -50,6 +50,24 @@ private:
     DeviceBuffer<T> ones_;
 };
 
+/// The unrounded fp32 sums of a 2-byte layer's forward product, so the bias is added before
+/// the one rounding to T, as the CPU layers do (fp32 layers need none: they add in place).
+template <class T>
+class ForwardSums {
+public:
+    void reserve(std::size_t n) {
+        if constexpr (!std::is_same_v<T, float>) sums_ = DeviceBuffer<float>(n);
+    }
+    /// Where the product goes: the output itself in fp32, else the fp32 sums.
+    auto* target(T* y) {
+        if constexpr (std::is_same_v<T, float>) return y;
+        else return sums_.data();
+    }
+
+private:
+    DeviceBuffer<float> sums_;
+};
+
 /// Where a layer's `Count` parameter-gradient values land. fp32 products add straight into
 /// the fp32 gradient (beta = 1); in a 2-byte dtype, as the CPU layers do, the product is
 /// rounded to T first (beta = 0, into a scratch) and then added into the gradient's dtype G.
@@ -86,7 +104,8 @@ struct DeviceLayer {
     static_assert(sizeof(Layer) == 0, "ds::cuda::DeviceLayer: this layer has no CUDA implementation yet");
 };
 
-/// y = x·Wᵀ + b in one cuBLASLt call with the bias epilogue; dW += dyᵀ·x, db += 1ᵀ·dy, dx = dy·W.
+/// y = x·Wᵀ + b in one cuBLASLt call with the bias epilogue (a bias off its 16-byte alignment
+/// is added by a kernel to the unrounded product); dW += dyᵀ·x, db += 1ᵀ·dy, dx = dy·W.
 template <std::size_t In, std::size_t Out, class Input, class T>
 struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
     static constexpr std::size_t bias_offset = Out * In;
@@ -94,16 +113,18 @@ struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
     void reserve(std::size_t max_batch, LayerContext& ctx) {
         ones_.reserve(max_batch, ctx.stream);
         sink_.reserve();
+        sums_.reserve(max_batch * Out);
     }
 
     void forward(const T* x, T* y, std::size_t batch, const T* w, LayerContext& ctx) {
         const T* bias = w + bias_offset;
-        if (reinterpret_cast<std::uintptr_t>(bias) % 16 == 0) {  // cuBLASLt's epilogue wants an aligned vector
+        if (reinterpret_cast<std::uintptr_t>(bias) % 16 == 0) {  // the epilogue adds before it rounds
             (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out, ctx.stream,
                         Epilogue::bias, bias);
         } else {
-            (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out, ctx.stream);
-            add_bias(y, bias, Out, batch, ctx.stream);
+            auto* sums = sums_.target(y);
+            (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, sums, Out, ctx.stream);
+            add_bias(sums, bias, y, Out, batch, ctx.stream);
         }
     }
     template <class G>
@@ -123,6 +144,7 @@ private:
     using Sink = GradientSink<T, Out * In + Out>;
     Ones<T> ones_;
     Sink sink_;
+    ForwardSums<T> sums_;
 };
 
 /// The whole batch as one GEMM: columns [C·K·K × B·P] (`Im2Col::gather_batch`), rows
@@ -139,13 +161,16 @@ struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
         rows_ = DeviceBuffer<T>(Out * max_batch * P);
         ones_.reserve(max_batch * P, ctx.stream);
         sink_.reserve();
+        sums_.reserve(Out * max_batch * P);
     }
 
+    /// The product's rows unrounded (2-byte T: fp32 sums), then the bias and one rounding.
     void forward(const T* x, T* y, std::size_t batch, const T* w, LayerContext& ctx) {
         const std::size_t bp = batch * P;
         im2col_batch<C, H, W, K>(x, col_.data(), batch, ctx.stream);
-        (*ctx.gemm)(Op::none, Op::none, Out, bp, F, 1.0f, w, F, col_.data(), bp, 0.0f, rows_.data(), bp, ctx.stream);
-        rows_to_images<Out, P>(rows_.data(), w + bias_offset, y, batch, ctx.stream);
+        auto* rows = sums_.target(rows_.data());
+        (*ctx.gemm)(Op::none, Op::none, Out, bp, F, 1.0f, w, F, col_.data(), bp, 0.0f, rows, bp, ctx.stream);
+        rows_to_images<Out, P>(rows, w + bias_offset, y, batch, ctx.stream);
     }
     template <class G>
     void backward(const T* x, const T* /*y*/, const T* dy, T* dx, std::size_t batch, const T* w, G* dw,
@@ -171,6 +196,7 @@ private:
     DeviceBuffer<T> col_, rows_;
     Ones<T> ones_;
     Sink sink_;
+    ForwardSums<T> sums_;
 };
 
 template <class Input, class T>

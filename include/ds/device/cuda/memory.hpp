@@ -9,6 +9,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -27,20 +28,23 @@ namespace ds::cuda {
 /// stream order: buffers are freed and reallocated for the compute stream, and a buffer a
 /// second stream uses is freed only after an event shows that stream is done with it
 /// (the allocator records no streams, unlike PyTorch's `record_stream`).
-/// One allocator per device (the device current when `current()` is called: a thread
-/// that allocates must have called `cudaSetDevice`); thread-safe.
+/// One allocator per device and host thread (the device current when `current()` is
+/// called: a thread that allocates must have called `cudaSetDevice`), so ranks run as
+/// threads, each on its own compute stream, never reuse each other's freed blocks while
+/// their kernels may still read them. A block goes back to the allocator it came from,
+/// whichever thread frees it; thread-safe. A thread's cache outlives the thread.
 class CachingAllocator {
 public:
     static constexpr std::size_t granularity = 512;
 
-    /// The allocator of the current device.
+    /// The allocator of the current device for this thread.
     static CachingAllocator& current() {
         int device = 0;
         DS_CUDA_CHECK(cudaGetDevice(&device));
         static std::mutex guard;
-        static std::map<int, CachingAllocator> per_device;
+        static std::map<std::pair<int, std::thread::id>, CachingAllocator> per_device_and_thread;
         const std::lock_guard lock(guard);
-        return per_device[device];
+        return per_device_and_thread[{device, std::this_thread::get_id()}];
     }
 
     CachingAllocator() = default;

@@ -82,9 +82,10 @@ struct Im2Col {
 /// `[O][B][P]` against the images' `[B][O][P]` (NCHW with P = H·W).
 template <std::size_t O, std::size_t P>
 struct BatchRows {
-    /// `images[b][o][p] = rows[o][b][p] + bias[o]`, element `index` of the images.
-    template <class T>
-    DS_HOST_DEVICE static void to_images(std::size_t index, const T* rows, const T* bias, T* images, std::size_t batch) {
+    /// `images[b][o][p] = rows[o][b][p] + bias[o]`, element `index` of the images (the sum in
+    /// float, rounded once to the images' T; the rows may be unrounded fp32 sums).
+    template <class R, class T>
+    DS_HOST_DEVICE static void to_images(std::size_t index, const R* rows, const T* bias, T* images, std::size_t batch) {
         const std::size_t b = index / (O * P), o = index / P % O, p = index % P;
         images[index] = T(static_cast<float>(rows[(o * batch + b) * P + p]) + static_cast<float>(bias[o]));
     }

@@ -235,6 +235,32 @@ void check_gemm(bool tf32, double tolerance) {
     CHECK(gemm.cached_plans() == 24);
 }
 
+/// 2-byte operands with an fp32 output: the sums unrounded (the 2-byte layers add their bias
+/// to them before rounding once), a plan of their own beside the 2-byte output's.
+template <class T>
+void check_fp32_output() {
+    using ds::cuda::Op;
+    ds::cuda::Gemm gemm;
+    const std::size_t m = 33, n = 40, k = 65;
+    const auto a = random_values<T>(m * k, 7), b = random_values<T>(n * k, 8), none = random_values<T>(n, 9);
+    const auto expected = reference_product(Op::none, Op::transpose, m, n, k, a, b, none, ds::cuda::Epilogue::none);
+    const auto d_a = to_device(a), d_b = to_device(b);
+    ds::cuda::DeviceBuffer<float> wide(m * n);
+    ds::cuda::DeviceBuffer<T> narrow(m * n);
+    gemm(Op::none, Op::transpose, m, n, k, 1.0f, d_a.data(), k, d_b.data(), k, 0.0f, wide.data(), n, nullptr);
+    gemm(Op::none, Op::transpose, m, n, k, 1.0f, d_a.data(), k, d_b.data(), k, 0.0f, narrow.data(), n, nullptr);
+    const auto got = to_host(wide);
+    const auto rounded = to_host(narrow);
+    double worst = 0, worst_rounded = 0;
+    for (std::size_t i = 0; i < m * n; ++i) {
+        worst = std::max(worst, relative(got[i], expected[i], 1.0));
+        worst_rounded = std::max(worst_rounded, relative(static_cast<float>(rounded[i]), expected[i], 1.0));
+    }
+    CHECK(worst < 1e-5);              // fp32 sums of exact 2-byte products
+    CHECK(worst_rounded > worst);     // the 2-byte output did round
+    CHECK(gemm.cached_plans() == 2);  // one plan per output type
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
@@ -288,6 +314,8 @@ TEST_CASE("cuBLASLt products against float64, row-major, every transpose and epi
     check_gemm<float>(true, 5e-3);  // TF32: 10-bit mantissas
     check_gemm<ds::bf16>(false, 1e-2);  // output rounded to bf16
     check_gemm<ds::half>(false, 2e-3);
+    check_fp32_output<ds::bf16>();
+    check_fp32_output<ds::half>();
 }
 
 TEST_CASE("layer kernels give the host's results of the same shared math") {

@@ -17,6 +17,7 @@
 #include <span>
 #include <stdexcept>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -61,10 +62,8 @@ public:
 
 private:
     Arena() {
-        char name[] = "/tmp/dspp-fenced-XXXXXX";
-        const int fd = mkstemp(name);
+        const int fd = memfd_create("dspp-fenced", 0);
         REQUIRE(fd >= 0);
-        unlink(name);
         REQUIRE(ftruncate(fd, static_cast<off_t>(capacity)) == 0);
         fenced_ = static_cast<std::byte*>(mmap(nullptr, capacity, PROT_NONE, MAP_SHARED, fd, 0));
         open_ = static_cast<std::byte*>(mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
@@ -79,24 +78,41 @@ private:
 };
 
 template <class T>
+T* open(T* p) {
+    return Arena::get().open(p);
+}
+
+/// Move-only like a device buffer, and like one it starts as garbage (0xFF bytes: NaN in
+/// every float type) and is garbage again once freed, so a missing zeroing or a read of a
+/// dropped buffer shows.
+template <class T>
 class FencedBuffer {
 public:
     FencedBuffer() = default;
     explicit FencedBuffer(std::size_t n)
-        : data_(n ? reinterpret_cast<T*>(Arena::get().allocate(n * sizeof(T))) : nullptr), size_(n) {}
+        : data_(n ? reinterpret_cast<T*>(Arena::get().allocate(n * sizeof(T))) : nullptr), size_(n) {
+        poison();
+    }
+    FencedBuffer(FencedBuffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    FencedBuffer& operator=(FencedBuffer&& other) noexcept {
+        poison();
+        data_ = std::exchange(other.data_, nullptr);
+        size_ = std::exchange(other.size_, 0);
+        return *this;
+    }
+    ~FencedBuffer() { poison(); }
     T* data() { return data_; }
     const T* data() const { return data_; }
     std::size_t size() const { return size_; }
 
 private:
+    void poison() {
+        if (data_) std::memset(open(data_), 0xFF, size_ * sizeof(T));
+    }
     T* data_ = nullptr;
     std::size_t size_ = 0;
 };
-
-template <class T>
-T* open(T* p) {
-    return Arena::get().open(p);
-}
 
 /// `cpu::HostMemory`'s operations, through the open alias.
 struct FencedMemory {

@@ -276,8 +276,11 @@ public:
     }
     /// This rank's gradient as accumulated since the last boundary: the full buffer at
     /// stages 0-1 (each parameter group padded at stage 1), this rank's averaged partition
-    /// at stages 2-3 (the dense group's, then the experts').
-    std::span<grad_type> gradients() {
+    /// at stages 2-3 (the dense group's, then the experts'). Host memory only: on a device
+    /// whose buffers the host cannot read (`ds::Cuda`) it is not there.
+    std::span<grad_type> gradients()
+        requires traits::host_buffers
+    {
         if constexpr (Z::partitions_gradients) return zero_.shard_grads();
         else return zero_.accumulated_gradients();
     }

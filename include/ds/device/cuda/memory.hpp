@@ -32,20 +32,17 @@ namespace ds::cuda {
 /// called: a thread that allocates must have called `cudaSetDevice`), so ranks run as
 /// threads, each on its own compute stream, never reuse each other's freed blocks while
 /// their kernels may still read them. A block goes back to the allocator it came from,
-/// whichever thread frees it; thread-safe. A thread's cache outlives the thread.
+/// whichever thread frees it, so free a buffer another thread's stream used only after that
+/// stream is synchronised. Thread-safe; a thread's cache outlives the thread, and running
+/// out of memory first frees every thread's cache on the device.
 class CachingAllocator {
 public:
     static constexpr std::size_t granularity = 512;
 
     /// The allocator of the current device for this thread.
-    static CachingAllocator& current() {
-        int device = 0;
-        DS_CUDA_CHECK(cudaGetDevice(&device));
-        static std::mutex guard;
-        static std::map<std::pair<int, std::thread::id>, CachingAllocator> per_device_and_thread;
-        const std::lock_guard lock(guard);
-        return per_device_and_thread[{device, std::this_thread::get_id()}];
-    }
+    static CachingAllocator& current();
+    /// Frees the cached blocks of every thread's allocator on `device`.
+    static void release_device(int device);
 
     CachingAllocator() = default;
     CachingAllocator(const CachingAllocator&) = delete;
@@ -56,7 +53,7 @@ public:
     void* allocate(std::size_t bytes) {
         if (bytes == 0) return nullptr;
         const std::size_t size = (bytes + granularity - 1) / granularity * granularity;
-        const std::lock_guard lock(mutex_);
+        std::unique_lock lock(mutex_);
         if (auto it = cached_.lower_bound(size); it != cached_.end() && it->first <= 2 * size) {
             void* p = it->second;
             live_[p] = it->first;
@@ -67,8 +64,10 @@ public:
         }
         void* p = nullptr;
         if (cudaMalloc(&p, size) != cudaSuccess) {
-            (void)cudaGetLastError();  // clear the sticky out-of-memory error, free the cache, try once more
-            release_cached_locked();
+            (void)cudaGetLastError();  // clear the sticky out-of-memory error, free the caches, try once more
+            lock.unlock();             // release_device takes every allocator's lock, this one's too
+            release_device(device_);
+            lock.lock();
             const cudaError_t status = cudaMalloc(&p, size);
             if (status != cudaSuccess)
                 throw CudaError("CUDA", "cudaMalloc",
@@ -115,11 +114,43 @@ private:
         cached_bytes_ = 0;
     }
 
+    struct Registry;
+    static Registry& registry();
+
+    int device_ = 0;
     mutable std::mutex mutex_;
     std::multimap<std::size_t, void*> cached_;
     std::unordered_map<void*, std::size_t> live_;
     std::size_t allocated_bytes_ = 0, cached_bytes_ = 0;
 };
+
+/// Every allocator, by device and host thread.
+struct CachingAllocator::Registry {
+    std::mutex guard;
+    std::map<std::pair<int, std::thread::id>, CachingAllocator> allocators;
+};
+
+inline CachingAllocator::Registry& CachingAllocator::registry() {
+    static Registry r;
+    return r;
+}
+
+inline CachingAllocator& CachingAllocator::current() {
+    int device = 0;
+    DS_CUDA_CHECK(cudaGetDevice(&device));
+    Registry& r = registry();
+    const std::lock_guard lock(r.guard);
+    CachingAllocator& allocator = r.allocators[{device, std::this_thread::get_id()}];
+    allocator.device_ = device;
+    return allocator;
+}
+
+inline void CachingAllocator::release_device(int device) {
+    Registry& r = registry();
+    const std::lock_guard lock(r.guard);
+    for (auto& [key, allocator] : r.allocators)
+        if (key.first == device) allocator.release_cached();
+}
 
 /// `n` values of T in device memory from the current device's caching allocator, given
 /// back to that same allocator whichever device is current when it is freed. Copies run on

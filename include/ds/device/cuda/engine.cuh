@@ -143,6 +143,12 @@ struct DeviceTraits<Cuda> {
             : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), logits_(outputs) {
             if constexpr (!std::is_same_v<T, float>) staged_ = cuda::DeviceBuffer<float>(std::max(inputs, outputs));
         }
+        /// The engine's last device part to be built, so the first to go: it waits for the
+        /// stream, so the buffers the engine frees after it (optimizer, ZeRO state, model) are
+        /// idle when they return to the caching allocator, which records no streams.
+        ~Io() { (void)cudaStreamSynchronize(stream_); }
+        Io(const Io&) = delete;
+        Io& operator=(const Io&) = delete;
         const T* upload_inputs(std::span<const float> inputs) {
             upload(inputs.data(), inputs.size(), input_.data());
             return input_.data();

@@ -254,11 +254,23 @@ std::pair<std::vector<float>, std::vector<double>> drive(State& state, const Mem
     return {state.full_parameters(), norms};
 }
 
+/// The paths a config can take: bucket size, reduce-scatter or all-reduce, bucket copies,
+/// the averaging rule's variants.
+struct Variant {
+    std::int64_t bucket;
+    bool reduce_scatter = true, contiguous_gradients = true, prescale = false;
+    double predivide = 1.0;
+};
+
 template <class Z, class P>
-void check_fenced_like_host(std::int64_t bucket) {
+void check_fenced_like_host(const Variant& v) {
     ds::Config cfg;
     cfg.zero_optimization.stage = Z::stage;
-    cfg.zero_optimization.reduce_bucket_size = bucket;
+    cfg.zero_optimization.reduce_bucket_size = v.bucket;
+    cfg.zero_optimization.reduce_scatter = v.reduce_scatter;
+    cfg.zero_optimization.contiguous_gradients = v.contiguous_gradients;
+    cfg.prescale_gradients = v.prescale;
+    cfg.gradient_predivide_factor = v.predivide;
     cfg.zero_optimization.overlap_comm = true;
     cfg.zero_optimization.stage3_param_persistence_threshold = 4;  // stage 3: gather every tensor over 4 values
     std::vector<float> initial(Tiny::param_count);
@@ -293,11 +305,17 @@ TEST_SUITE("zero") {
 
 TEST_CASE_TEMPLATE("ZeroState never touches its buffers but through its memory policy (fenced memory, 2 ranks)", Z,
                    ds::Zero<0>, ds::Zero<1>, ds::Zero<2>, ds::Zero<3>) {
-    // Stage 2: 32 puts both layers through the bucket (two flushes); 8 is smaller than either.
-    for (const std::int64_t bucket : {32, 8}) {
-        INFO("bucket " << bucket);
-        check_fenced_like_host<Z, ds::FP32>(bucket);
-        check_fenced_like_host<Z, ds::BF16>(bucket);
+    // Stage 2: a bucket of 32 takes both layers (two flushes); 8 is smaller than either.
+    const Variant variants[] = {{.bucket = 32},
+                                {.bucket = 8},
+                                {.bucket = 32, .reduce_scatter = false, .prescale = true},
+                                {.bucket = 8, .reduce_scatter = false, .predivide = 2.0},
+                                {.bucket = 32, .contiguous_gradients = false, .predivide = 2.0}};
+    for (const Variant& v : variants) {
+        INFO("bucket " << v.bucket << ", reduce_scatter " << v.reduce_scatter << ", contiguous "
+                       << v.contiguous_gradients << ", prescale " << v.prescale << ", predivide " << v.predivide);
+        check_fenced_like_host<Z, ds::FP32>(v);
+        check_fenced_like_host<Z, ds::BF16>(v);
     }
 }
 

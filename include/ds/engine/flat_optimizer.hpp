@@ -29,6 +29,17 @@ struct ShardPart {
     std::size_t count = 0;
 };
 
+/// `hyper` with β1 and β2 replaced where given (OneCycle's momentum schedule); optimizers
+/// without betas keep theirs. Every device's optimizer steps with it.
+template <class Hyper>
+Hyper with_betas(Hyper hyper, std::optional<double> beta1, std::optional<double> beta2) {
+    if constexpr (requires { hyper.betas; }) {
+        if (beta1) hyper.betas[0] = *beta1;
+        if (beta2) hyper.betas[1] = *beta2;
+    }
+    return hyper;
+}
+
 /// The optimizer an engine returns from `ds::initialize`: hyper-parameters, the step count
 /// (equal to the number of applied steps at every stage, SPEC decisions table) and the
 /// state buffers, laid out as the partition it steps (`ShardPart`s end to end).
@@ -68,12 +79,7 @@ public:
     template <storage_float G>
     void step(std::span<const ShardPart<G>> parts, float grad_factor, double lr, std::optional<double> beta1,
               std::optional<double> beta2, std::span<const Segment> tensors) {
-        Hyper h = hyper_;
-        if constexpr (requires { h.betas; }) {
-            if (beta1) h.betas[0] = *beta1;
-            if (beta2) h.betas[1] = *beta2;
-        }
-        const auto update = Opt::update(h, lr, ++steps_);
+        const auto update = Opt::update(with_betas(hyper_, beta1, beta2), lr, ++steps_);
         std::size_t base = 0;
         for (const ShardPart<G>& part : parts) {
             step_part(update, part, base, grad_factor, tensors);

@@ -61,12 +61,7 @@ public:
     void step(std::span<const ShardPart<G>> parts, float grad_factor, double lr, std::optional<double> beta1,
               std::optional<double> beta2, std::span<const Segment> /*tensors*/ = {},
               std::span<T* const> compute = {}) {
-        Hyper h = hyper_;
-        if constexpr (requires { h.betas; }) {
-            if (beta1) h.betas[0] = *beta1;
-            if (beta2) h.betas[1] = *beta2;
-        }
-        const auto update = Opt::update(h, lr, ++steps_);
+        const auto update = Opt::update(with_betas(hyper_, beta1, beta2), lr, ++steps_);
         std::size_t base = 0;
         for (std::size_t i = 0; i < parts.size(); ++i) {
             StatePointers<states> at{};

@@ -25,24 +25,11 @@ inline unsigned grid_for(std::size_t n, unsigned threads) {
 }
 
 namespace detail {
-template <class T>
-struct Plain;
-template <>
-struct Plain<float> {
-    using type = float;
-};
-template <>
-struct Plain<double> {
-    using type = double;
-};
-template <>
-struct Plain<bf16> {
-    using type = bf16;
-};
-template <>
-struct Plain<half> {
-    using type = half;
-};
+// Each element type's name, written out here (declarations only, for `plain_t`).
+float* plain(const float*);
+double* plain(const double*);
+bf16* plain(const bf16*);
+half* plain(const half*);
 }  // namespace detail
 
 /// The element type T is, named as itself. nvcc's host stub spells each kernel's template
@@ -51,6 +38,6 @@ struct Plain<half> {
 /// the model's class-type template arguments (layer names), which the stub cannot compile.
 /// Every kernel and functor instantiation takes its element types through `plain_t`.
 template <class T>
-using plain_t = typename detail::Plain<std::remove_const_t<T>>::type;
+using plain_t = std::remove_pointer_t<decltype(detail::plain(static_cast<T*>(nullptr)))>;
 
 }  // namespace ds::cuda

@@ -127,6 +127,11 @@ ds::Config resolve_config(const cifar10::Args& args) {
     const std::string self = binary_name(binary_dtype, binary_stage, binary_moe);
     const std::string other = binary_name(args.dtype.empty() ? binary_dtype : args.dtype,
                                           args.stage.value_or(binary_stage), !binary_moe);
+    if (args.moe && !binary_moe && args.stage.value_or(binary_stage) == 3)  // no cifar10_moe_*_zero3 to name
+        throw std::invalid_argument("--moe: MoE does not run with ZeRO stage 3 (DeepSpeed: \"MoE not supported with "
+                                    "Stage 3\"); the --moe binaries are cifar10_moe_" +
+                                    std::string(args.dtype.empty() ? binary_dtype : args.dtype) +
+                                    "_zero{0,1,2} (examples/cifar10/run_ds_moe.sh)");
     if (args.moe && !binary_moe && CIFAR10_CUDA)  // there is no cifar10_moe_*_cuda to name
         throw std::invalid_argument("--moe: MoE layers do not run on the GPU (ds::Cuda) yet; run " +
                                     other.substr(0, other.size() - std::string_view("_cuda").size()) +

@@ -2,7 +2,7 @@
 /// @file
 /// The whole public API of dspp. Parts that need MPI, OpenBLAS or zlib are included
 /// when their headers are on the include path. The CUDA backend (ds/device/cuda/,
-/// ds/comm/nccl.hpp, ds/comm/cuda_mpi.hpp) is included by name: its headers bring
+/// ds/comm/nccl.hpp, ds/comm/cuda_*.hpp) is included by name: its headers bring
 /// CUDA's global `half`.
 
 #include <ds/comm/communicator.hpp>
@@ -35,14 +35,17 @@
 #if __has_include(<cblas.h>)
 #include <ds/device/cpu/gemm.hpp>
 #endif
+#include <ds/device/cpu/host_memory.hpp>
 #include <ds/device/cpu/simd.hpp>
 #include <ds/device/cpu/threads.hpp>
+#include <ds/engine/device_traits.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/initialize.hpp>
 #include <ds/engine/partition.hpp>
 #include <ds/engine/zero_state.hpp>
+#include <ds/io/checkpoint.hpp>
 #include <ds/io/model_weights.hpp>
 #include <ds/io/safetensors.hpp>
 #include <ds/nn/conv2d.hpp>

@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <span>
@@ -26,6 +29,8 @@
 #include <ds/engine/device_traits.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
+#include <ds/io/checkpoint.hpp>
+#include <ds/io/model_weights.hpp>
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/optim/adam.hpp>
 #include <ds/optim/optimizer.hpp>
@@ -66,9 +71,9 @@ struct MemoryReport {
 /// `comm::Threads` for in-process tests); `ZeroState` keeps what stage Z partitions.
 ///
 /// The device policy `D` picks, through `DeviceTraits<D>`, where the model runs and where
-/// its states live: `Cpu` (every ZeRO stage and precision), or `Cuda` with
-/// `ds/device/cuda/engine.cuh` included (so far fp32 at stage 0; the communicator must take
-/// device buffers: `comm::Single`, `comm::Nccl`, `comm::CudaMpi`).
+/// its states live: `Cpu`, or `Cuda` with `ds/device/cuda/engine.cuh` included (every ZeRO
+/// stage and precision, no MoE yet; the communicator must take device buffers:
+/// `comm::Single`, which runs as `comm::CudaSingle`, `comm::Nccl`, `comm::CudaMpi`).
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
 class Engine {
@@ -317,7 +322,191 @@ public:
         return r;
     }
 
+    // --- checkpoints ---------------------------------------------------------------------
+
+    /// Saves the training state as DeepSpeed does (`ds/io/checkpoint.hpp` has the layout):
+    /// rank 0 writes the whole model's fp32 parameters (the master weights in mixed
+    /// precision) with PyTorch names, and as metadata the step counters, the schedule's
+    /// position, the loss scaler's state and `client_state`; every rank writes its own
+    /// optimizer states; then rank 0 names `tag` in `<dir>/latest` (with `save_latest`).
+    /// Collective; call it at a gradient accumulation boundary (after `step()`).
+    /// Files are written whole then renamed, so a failed save leaves the last one readable.
+    /// Host buffers only, so far (`ds::Cpu`).
+    /// @param dir  the checkpoint folder (made if missing)
+    /// @param tag  default `global_step<N>`, as DeepSpeed names it
+    /// @param client_state  anything the program wants back from `load_checkpoint`
+    /// @param save_latest  whether `<dir>/latest` names this tag
+    /// @throws io::CheckpointError on every rank when any rank cannot write
+    /// @throws std::logic_error in the middle of an accumulation cycle (the partial
+    ///   gradients are not saved)
+    void save_checkpoint(const std::filesystem::path& dir, std::string tag = {},
+                         const nlohmann::json& client_state = nlohmann::json::object(), bool save_latest = true)
+        requires(traits::host_buffers)
+    {
+        if (micro_steps_ % batch_.gradient_accumulation_steps != 0)
+            throw std::logic_error("Engine::save_checkpoint: micro-step " + std::to_string(micro_steps_) +
+                                   " is inside a gradient accumulation cycle of " +
+                                   std::to_string(batch_.gradient_accumulation_steps) + "; save after its last step()");
+        if (tag.empty()) tag = "global_step" + std::to_string(global_steps_);
+        const std::vector<float> params = full_parameters();  // collective: before any rank can fail
+        agree_on([&] {
+            if (comm_.rank() == 0) std::filesystem::create_directories(dir / tag);
+        });
+        agree_on([&] {
+            nlohmann::json state = checkpoint_identity();
+            state["global_steps"] = global_steps_;
+            state["global_samples"] = global_samples_;
+            state["skipped_steps"] = skipped_steps_;
+            state["micro_steps"] = micro_steps_;
+            state["optimizer_steps"] = optimizer_.step_count();
+            state["lr_scheduler"] = {{"last_batch_iteration", scheduler_.last_batch_iteration()}};
+            if constexpr (requires { scaler_.state(); }) {
+                const auto s = scaler_.state();
+                state["loss_scaler"] = {{"cur_scale", s.scale},
+                                        {"cur_hysteresis", s.hysteresis},
+                                        {"cur_iter", s.iteration},
+                                        {"last_overflow_iter", s.last_overflow_iteration}};
+            }
+            state["client_state"] = client_state;
+            if (comm_.rank() == 0)
+                io::save_weights<full_model_type>(io::model_states_file(dir, tag), params, {{"dspp", state.dump()}});
+            std::vector<io::NamedTensor> states;
+            for (std::size_t k = 0; k < Opt::state_buffers; ++k)
+                states.push_back({"state." + std::to_string(k), {optimizer_.state(k).size()}, optimizer_.state(k)});
+            io::save_safetensors(io::optim_states_file(dir, tag, comm_.rank()), states,
+                                 {{"dspp", checkpoint_identity().dump()}});
+        });
+        if (save_latest) {
+            agree_on([&] {
+                if (comm_.rank() == 0) io::write_latest(dir, tag);
+            });
+        }
+    }
+
+    /// Where a checkpoint was loaded from, and the `client_state` it was saved with.
+    struct LoadedCheckpoint {
+        std::filesystem::path path;
+        nlohmann::json client_state;
+    };
+
+    /// Restores a state `save_checkpoint` wrote: parameters (and master weights), optimizer
+    /// states and step count, the step counters, the schedule's position and the loss
+    /// scaler, and clears the gradients. Every file is read and checked against this engine
+    /// (model, precision, ZeRO stage, optimizer, world size) before anything changes, so a
+    /// checkpoint that does not fit leaves the engine as it was. Collective. Random streams
+    /// inside the model (MoE gating noise) restart from the seed, as DeepSpeed leaves RNG
+    /// state to the program.
+    /// @param dir  the folder `save_checkpoint` wrote
+    /// @param tag  default: the one `<dir>/latest` names
+    /// @returns nothing when `tag` is empty and there is no `<dir>/latest` (DeepSpeed warns
+    ///   and loads nothing); else the folder and the client state
+    /// @throws io::CheckpointError, io::SafetensorsError naming the file and what does not fit
+    std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& dir, std::string tag = {})
+        requires(traits::host_buffers)
+    {
+        if (tag.empty()) {
+            std::optional<std::string> latest;
+            agree_on([&] { latest = io::read_latest(dir); });
+            if (!latest) {
+                if (comm_.rank() == 0)
+                    std::cerr << "[deepspeed] Unable to find latest file at " << (dir / "latest").string()
+                              << ", if trying to load latest checkpoint please pass in a specific tag\n";
+                return std::nullopt;
+            }
+            tag = *latest;
+        }
+        std::vector<float> params(full_model_type::param_count);
+        std::vector<std::vector<float>> states;
+        nlohmann::json state;
+        agree_on([&] {
+            const auto model_file = io::model_states_file(dir, tag);
+            const auto model = io::load_safetensors(model_file);
+            state = checked_state(model, model_file);
+            io::read_weights<full_model_type>(model, model_file.string(), params);
+            const auto optim_file = io::optim_states_file(dir, tag, comm_.rank());
+            const auto optim = io::load_safetensors(optim_file);
+            checked_state(optim, optim_file);
+            for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
+                const auto it = optim.tensors.find("state." + std::to_string(k));
+                if (it == optim.tensors.end() || it->second.values.size() != optimizer_.state(k).size())
+                    throw io::CheckpointError(optim_file.string() + ": optimizer state " + std::to_string(k) +
+                                              (it == optim.tensors.end() ? " is missing" : " has another size") +
+                                              " (" + std::to_string(optimizer_.state(k).size()) + " values here)");
+                states.push_back(it->second.values);
+            }
+        });
+        set_full_parameters(params);
+        for (std::size_t k = 0; k < Opt::state_buffers; ++k)
+            std::copy(states[k].begin(), states[k].end(), optimizer_.state(k).begin());
+        optimizer_.set_step_count(state.at("optimizer_steps").get<std::int64_t>());
+        global_steps_ = state.at("global_steps").get<std::int64_t>();
+        global_samples_ = state.at("global_samples").get<std::int64_t>();
+        skipped_steps_ = state.at("skipped_steps").get<std::int64_t>();
+        micro_steps_ = state.at("micro_steps").get<std::int64_t>();
+        scheduler_.set_last_batch_iteration(state.at("lr_scheduler").at("last_batch_iteration").get<std::int64_t>());
+        if constexpr (requires { scaler_.state(); }) {
+            const auto& s = state.at("loss_scaler");
+            scaler_.restore({s.at("cur_scale").get<double>(), s.at("cur_hysteresis").get<int>(),
+                             s.at("cur_iter").get<long>(), s.at("last_overflow_iter").get<long>()});
+        }
+        consecutive_skips_ = 0;
+        zero_.zero_gradients();
+        return LoadedCheckpoint{dir / tag, state.at("client_state")};
+    }
+
 private:
+    /// What a checkpoint must match to be loaded here: the same model, precision, ZeRO
+    /// stage, optimizer and ranks (each rank's optimizer states are its partition).
+    nlohmann::json checkpoint_identity() const {
+        return {{"format_version", 1},
+                {"param_count", full_model_type::param_count},
+                {"dtype", bfloat16_enabled() ? "bf16" : fp16_enabled() ? "fp16" : "fp32"},
+                {"zero_stage", Z::stage},
+                {"optimizer", std::string(name_of(Opt::type))},
+                {"world_size", comm_.size()},
+                {"optimizer_elements", zero_.optimizer_elements()}};
+    }
+
+    /// The engine state in a checkpoint file's metadata, checked against this engine.
+    nlohmann::json checked_state(const io::SafetensorsFile& file, const std::filesystem::path& path) const {
+        const auto it = file.metadata.find("dspp");
+        if (it == file.metadata.end())
+            throw io::CheckpointError(path.string() + ": no dspp engine state in its metadata (not written by "
+                                                      "Engine::save_checkpoint)");
+        nlohmann::json state;
+        try {
+            state = nlohmann::json::parse(it->second);
+        } catch (const nlohmann::json::exception& e) {
+            throw io::CheckpointError(path.string() + ": malformed engine state: " + e.what());
+        }
+        const nlohmann::json here = checkpoint_identity();
+        // The broadest difference first: another model also has other partitions.
+        for (const char* key : {"format_version", "param_count", "dtype", "zero_stage", "optimizer", "world_size",
+                                "optimizer_elements"})
+            if (!state.contains(key) || state[key] != here[key])
+                throw io::CheckpointError(path.string() + ": saved with " + key + " = " +
+                                          (state.contains(key) ? state[key].dump() : std::string("(none)")) +
+                                          ", this engine has " + here[key].dump());
+        return state;
+    }
+
+    /// Runs `body` on every rank and lets every rank learn whether any failed, so that no
+    /// rank waits in a collective for one that threw: the failing rank rethrows its error,
+    /// the others throw one that points to it.
+    template <class Body>
+    void agree_on(Body&& body) {
+        std::exception_ptr failure;
+        try {
+            body();
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        float failed = failure ? 1.0f : 0.0f;
+        comm_.all_reduce(&failed, 1, comm::ReduceOp::max);
+        if (failure) std::rethrow_exception(failure);
+        if (failed > 0.0f) throw io::CheckpointError("checkpoint: another rank failed (its error says why)");
+    }
+
     static Config validated(const Config& cfg, std::int64_t world_size) {
         if (auto rule = check(cfg, world_size); !rule) throw ConfigError({std::string(rule.what())});
         if (auto rule = check_agrees<policies>(cfg); !rule) throw ConfigError({std::string(rule.what())});

@@ -56,6 +56,8 @@ public:
     Hyper& hyper() { return hyper_; }
     /// Applied optimizer steps so far.
     std::int64_t step_count() const { return steps_; }
+    /// Restores the count (a checkpoint's): Adam's bias corrections continue from it.
+    void set_step_count(std::int64_t steps) { steps_ = steps; }
     /// State buffer k (Adam: 0 = exp_avg, 1 = exp_avg_sq).
     std::span<const float> state(std::size_t k) const { return states_.span(k); }
     std::span<float> state(std::size_t k) { return states_.span(k); }

@@ -2,7 +2,9 @@
 /// @file
 /// A model's flat parameters to and from safetensors, by PyTorch name.
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -13,8 +15,10 @@ namespace ds::io {
 
 /// Writes the parameters of `Model` (flat, laid out as `Model::parameters`) with their
 /// PyTorch names and shapes, so `safetensors.torch.load_file` gives a `state_dict`.
+/// `metadata` goes into the header beside PyTorch's `"format": "pt"`.
 template <class Model>
-void save_weights(const std::filesystem::path& file, std::span<const float> params) {
+void save_weights(const std::filesystem::path& file, std::span<const float> params,
+                  std::map<std::string, std::string> metadata = {}) {
     static_assert(Model::expert_parallel_size == 1,
                   "ds::io::save_weights: a model with its experts split holds only this rank's; save the engine's "
                   "full_model_type (Engine::full_parameters() gathers every expert)");
@@ -22,18 +26,16 @@ void save_weights(const std::filesystem::path& file, std::span<const float> para
     for (const auto& p : Model::parameters)
         tensors.push_back({std::string(p.name()), {p.shape.dims, p.shape.dims + p.shape.rank},
                            params.subspan(p.offset, p.numel())});
-    save_safetensors(file, tensors, {{"format", "pt"}});
+    metadata["format"] = "pt";
+    save_safetensors(file, tensors, metadata);
 }
 
-/// Reads weights saved for `Model` (by dspp or by PyTorch) into `params`. Every parameter
-/// must be present with its exact shape; a tensor the model does not have is an error too
-/// (a checkpoint from another model). Nothing is written unless everything fits.
+/// Copies the weights of `Model` from a safetensors file read into memory (`where` names
+/// it in errors) into `params`. Every parameter must be present with its exact shape; a
+/// tensor the model does not have is an error too (a checkpoint from another model).
+/// Nothing is written unless everything fits.
 template <class Model>
-void load_weights(const std::filesystem::path& file, std::span<float> params) {
-    static_assert(Model::expert_parallel_size == 1,
-                  "ds::io::load_weights: load the engine's full_model_type (every expert) and pass it to "
-                  "Engine::set_full_parameters, which keeps this rank's experts");
-    const auto loaded = load_safetensors(file);
+void read_weights(const SafetensorsFile& loaded, const std::string& where, std::span<float> params) {
     std::vector<std::string> problems;
     for (const auto& p : Model::parameters) {
         const auto it = loaded.tensors.find(std::string(p.name()));
@@ -47,7 +49,7 @@ void load_weights(const std::filesystem::path& file, std::span<float> params) {
         if (!known) problems.push_back("unexpected tensor " + name);
     }
     if (!problems.empty()) {
-        std::string text = file.string() + ": does not fit this model:";
+        std::string text = where + ": does not fit this model:";
         for (const auto& problem : problems) text += " " + problem + ";";
         throw SafetensorsError(text);
     }
@@ -55,6 +57,15 @@ void load_weights(const std::filesystem::path& file, std::span<float> params) {
         const auto& values = loaded.tensors.at(std::string(p.name())).values;
         std::copy(values.begin(), values.end(), params.begin() + static_cast<std::ptrdiff_t>(p.offset));
     }
+}
+
+/// Reads weights saved for `Model` (by dspp or by PyTorch) into `params` (`read_weights`).
+template <class Model>
+void load_weights(const std::filesystem::path& file, std::span<float> params) {
+    static_assert(Model::expert_parallel_size == 1,
+                  "ds::io::load_weights: load the engine's full_model_type (every expert) and pass it to "
+                  "Engine::set_full_parameters, which keeps this rank's experts");
+    read_weights<Model>(load_safetensors(file), file.string(), params);
 }
 
 }  // namespace ds::io

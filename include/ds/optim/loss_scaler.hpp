@@ -28,6 +28,21 @@ public:
     /// Boundary steps seen so far.
     constexpr long iteration() const { return iteration_; }
 
+    /// What a checkpoint keeps (DeepSpeed's `cur_scale`, `cur_hysteresis`, `cur_iter`,
+    /// `last_overflow_iter`); the arguments come from the config.
+    struct State {
+        double scale;
+        int hysteresis;
+        long iteration, last_overflow_iteration;
+    };
+    constexpr State state() const { return {scale_, hysteresis_, iteration_, last_overflow_iteration_}; }
+    constexpr void restore(const State& s) {
+        scale_ = s.scale;
+        hysteresis_ = s.hysteresis;
+        iteration_ = s.iteration;
+        last_overflow_iteration_ = s.last_overflow_iteration;
+    }
+
     /// Records one boundary step. @throws std::runtime_error on an overflow at the minimum scale.
     constexpr void update(bool overflow) {
         if (overflow) {

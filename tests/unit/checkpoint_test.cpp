@@ -1,0 +1,261 @@
+// Engine::save_checkpoint / load_checkpoint: a resumed engine continues bit for bit like
+// the one that never stopped (every ZeRO stage on 2 ranks, mixed precision with its
+// scaler, gradient accumulation, a warm-up schedule), and a checkpoint that does not fit
+// is refused by name with the engine left as it was.
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include <ds/comm/threads.hpp>
+#include <ds/data/synthetic.hpp>
+#include <ds/engine/engine.hpp>
+#include <ds/io/model_weights.hpp>
+
+#include "cifar10/net.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Net = cifar10::Net<1, 16, 4>;
+constexpr std::size_t global_batch = 8, input = 256;
+enum class Dtype { fp32, bf16, fp16 };
+
+/// A fresh empty folder per call.
+fs::path fresh_dir(const std::string& name) {
+    static std::atomic<int> count{0};
+    const auto dir = fs::temp_directory_path() /
+                     ("dspp_checkpoint_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(count++));
+    fs::remove_all(dir);
+    return dir;
+}
+
+struct Batches {
+    std::vector<float> inputs;
+    std::vector<std::int32_t> labels;
+};
+
+Batches make_batches(int steps) {
+    const auto d = ds::data::make_synthetic(global_batch * steps, 1, 16, 16, 4, 5);
+    Batches b{std::vector<float>(d.size() * input), std::vector<std::int32_t>(d.size())};
+    for (std::size_t i = 0; i < d.size(); ++i) b.labels[i] = d.get(i, b.inputs.data() + i * input);
+    return b;
+}
+
+/// Adam with a warm-up that is still climbing, clipping, 2 micro-steps per step; fp16's
+/// scale doubles every 2 clean steps, so the scaler's state moves too.
+ds::Config config(int stage, Dtype dtype = Dtype::fp32, std::int64_t seed = 3) {
+    ds::Config c{.train_batch_size = static_cast<std::int64_t>(global_batch),
+                 .gradient_accumulation_steps = 2,
+                 .optimizer = {.type = ds::OptimizerType::Adam, .params = {.lr = 1e-2, .weight_decay = 0.01}},
+                 .scheduler = {.type = ds::SchedulerType::WarmupLR,
+                               .params = {.warmup_min_lr = 0.0, .warmup_max_lr = 1e-2, .warmup_num_steps = 20}},
+                 .gradient_clipping = 0.5,
+                 .seed = seed};
+    c.zero_optimization.stage = stage;
+    c.bf16.enabled = dtype == Dtype::bf16;
+    c.fp16.enabled = dtype == Dtype::fp16;
+    if (dtype == Dtype::fp16) c.fp16.loss_scale_window = 2;
+    return c;
+}
+
+/// Steps [first, first + steps) of `data`; rank r takes its slice of each micro-batch.
+template <class E>
+void train(E& engine, const Batches& data, int first, int steps) {
+    const auto n = static_cast<std::size_t>(engine.world_size());
+    const auto gas = static_cast<std::size_t>(engine.gradient_accumulation_steps());
+    const std::size_t micro = global_batch / gas / n, rank = static_cast<std::size_t>(engine.global_rank());
+    for (int s = first; s < first + steps; ++s)
+        for (std::size_t g = 0; g < gas; ++g) {
+            const std::size_t at = s * global_batch + g * (global_batch / gas) + rank * micro;
+            const auto out = engine.forward({data.inputs.data() + at * input, micro * input});
+            engine.backward(ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + at, micro}));
+            engine.step();
+        }
+}
+
+template <int Stage, class P = ds::FP32, class Comm = ds::comm::Threads>
+using AdamEngine = ds::Engine<Net, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, Comm>;
+
+/// Trains 3 steps, saves, trains 3 more; a second engine (other seed) loads the save and
+/// trains the same 3: parameters, master weights, counters, lr and scale must be equal.
+template <int Stage, class P>
+void check_resume(Dtype dtype) {
+    const auto data = make_batches(6);
+    const auto dir = fresh_dir("resume");
+    ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+        AdamEngine<Stage, P> original(config(Stage, dtype), comm);
+        train(original, data, 0, 3);
+        original.save_checkpoint(dir, {}, {{"epoch", 7}});
+        train(original, data, 3, 3);
+
+        AdamEngine<Stage, P> resumed(config(Stage, dtype, 99), comm);
+        const auto loaded = resumed.load_checkpoint(dir);
+        REQUIRE(loaded);
+        CHECK(loaded->path == dir / "global_step3");
+        CHECK(loaded->client_state.at("epoch") == 7);
+        CHECK(resumed.global_steps() == 3);
+        CHECK(resumed.micro_steps() == 6);
+        train(resumed, data, 3, 3);
+
+        INFO("stage " << Stage << ", rank " << comm.rank());
+        CHECK(resumed.global_steps() == original.global_steps());
+        CHECK(resumed.global_samples() == original.global_samples());
+        CHECK(resumed.skipped_steps() == original.skipped_steps());
+        CHECK(resumed.optimizer().step_count() == original.optimizer().step_count());
+        CHECK(resumed.get_lr() == original.get_lr());
+        CHECK(resumed.loss_scale() == original.loss_scale());
+        const auto resumed_params = resumed.full_parameters();  // collective: one call at a time
+        const auto original_params = original.full_parameters();
+        CHECK(resumed_params == original_params);  // bit for bit
+        // The compute-dtype copy the forward uses: the same logits on the same batch.
+        std::vector<float> x(data.inputs.begin(), data.inputs.begin() + 2 * input);
+        const auto a = original.forward(x);
+        const std::vector<float> logits_a(a.begin(), a.end());
+        const auto b = resumed.forward(x);
+        CHECK(std::vector<float>(b.begin(), b.end()) == logits_a);
+    });
+    fs::remove_all(dir);
+}
+
+/// The whole model's fp32 values, to see that a refused load changed nothing.
+template <class E>
+std::vector<float> snapshot(E& engine) {
+    return engine.full_parameters();
+}
+
+}  // namespace
+
+TEST_SUITE("checkpoint") {
+    TEST_CASE_TEMPLATE("a resumed fp32 engine continues bit for bit at every ZeRO stage on 2 ranks", S,
+                       std::integral_constant<int, 0>, std::integral_constant<int, 1>,
+                       std::integral_constant<int, 2>, std::integral_constant<int, 3>) {
+        check_resume<S::value, ds::FP32>(Dtype::fp32);
+    }
+
+    TEST_CASE("a resumed bf16 engine (stage 2) and fp16 engine (stage 1, dynamic scale) continue bit for bit") {
+        check_resume<2, ds::BF16>(Dtype::bf16);
+        check_resume<1, ds::FP16<>>(Dtype::fp16);
+    }
+
+    TEST_CASE("DeepSpeed's layout: latest names global_step<N>; the model file opens as a PyTorch state_dict") {
+        const auto data = make_batches(2);
+        const auto dir = fresh_dir("layout");
+        AdamEngine<0, ds::FP32, ds::comm::Single> engine(config(0));
+        train(engine, data, 0, 2);
+        engine.save_checkpoint(dir);
+        std::ifstream latest(dir / "latest");
+        std::string tag;
+        std::getline(latest, tag);
+        CHECK(tag == "global_step2");
+        CHECK(fs::exists(dir / tag / "zero_pp_rank_0_mp_rank_00_optim_states.safetensors"));
+        const auto model_file = dir / tag / "mp_rank_00_model_states.safetensors";
+        std::vector<float> weights(Net::param_count);
+        ds::io::load_weights<Net>(model_file, weights);  // PyTorch names and shapes, nothing else
+        CHECK(weights == engine.full_parameters());
+        CHECK(ds::io::load_safetensors(model_file).metadata.at("format") == "pt");
+
+        engine.save_checkpoint(dir, "mine", {}, false);  // save_latest = false keeps the old tag
+        std::ifstream again(dir / "latest");
+        std::getline(again, tag);
+        CHECK(tag == "global_step2");
+        fs::remove_all(dir);
+    }
+
+    TEST_CASE("a checkpoint that does not fit is refused by name, and the engine is unchanged") {
+        using ds::comm::Single;
+        const auto data = make_batches(2);
+        const auto dir = fresh_dir("refuse");
+        {
+            AdamEngine<1, ds::FP32, Single> saved(config(1));
+            train(saved, data, 0, 1);
+            saved.save_checkpoint(dir, "stage1");
+        }
+        const auto expect_refused = [&](auto& engine, const std::string& tag, const std::string& words) {
+            const auto before = snapshot(engine);
+            const auto steps = engine.global_steps();
+            std::string message;
+            try {
+                engine.load_checkpoint(dir, tag);
+            } catch (const std::exception& e) {
+                message = e.what();
+            }
+            INFO(message);
+            CHECK(message.find(words) != std::string::npos);
+            CHECK(snapshot(engine) == before);
+            CHECK(engine.global_steps() == steps);
+        };
+        SUBCASE("another ZeRO stage") {
+            AdamEngine<2, ds::FP32, Single> engine(config(2));
+            expect_refused(engine, "stage1", "zero_stage = 1, this engine has 2");
+        }
+        SUBCASE("another precision") {
+            AdamEngine<1, ds::BF16, Single> engine(config(1, Dtype::bf16));
+            expect_refused(engine, "stage1", "dtype = \"fp32\", this engine has \"bf16\"");
+        }
+        SUBCASE("another model") {
+            ds::Config c = config(1);
+            ds::Engine<cifar10::Net<1, 16, 6>, ds::Adam<>, ds::Zero<1>, ds::FP32> engine(c);
+            expect_refused(engine, "stage1", "param_count");
+        }
+        SUBCASE("another world size") {
+            ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+                AdamEngine<1> engine(config(1), comm);
+                expect_refused(engine, "stage1", "world_size = 1, this engine has 2");
+            });
+        }
+        SUBCASE("a truncated optimizer file") {
+            const auto file = dir / "stage1" / "zero_pp_rank_0_mp_rank_00_optim_states.safetensors";
+            fs::resize_file(file, fs::file_size(file) / 2);
+            AdamEngine<1, ds::FP32, Single> engine(config(1));
+            expect_refused(engine, "stage1", "zero_pp_rank_0_mp_rank_00_optim_states.safetensors");
+        }
+        SUBCASE("a tag that was never saved") {
+            AdamEngine<1, ds::FP32, Single> engine(config(1));
+            expect_refused(engine, "global_step9", "global_step9/mp_rank_00_model_states.safetensors: cannot open");
+        }
+        SUBCASE("no latest file: nothing is loaded, as DeepSpeed") {
+            AdamEngine<1, ds::FP32, Single> engine(config(1));
+            const auto before = snapshot(engine);
+            CHECK_FALSE(engine.load_checkpoint(fresh_dir("empty")));
+            CHECK(snapshot(engine) == before);
+        }
+        fs::remove_all(dir);
+    }
+
+    TEST_CASE("one rank's missing file fails every rank's load, none waits; mid-cycle saves are refused") {
+        const auto data = make_batches(2);
+        const auto dir = fresh_dir("ranks");
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            AdamEngine<2> engine(config(2), comm);
+            train(engine, data, 0, 1);
+            engine.save_checkpoint(dir, "both");
+            comm.barrier();
+            if (comm.rank() == 1) fs::remove(dir / "both" / "zero_pp_rank_1_mp_rank_00_optim_states.safetensors");
+            comm.barrier();
+            std::string message;
+            try {
+                engine.load_checkpoint(dir, "both");
+            } catch (const std::exception& e) {
+                message = e.what();
+            }
+            INFO("rank " << comm.rank() << ": " << message);
+            CHECK(message.find(comm.rank() == 1 ? "zero_pp_rank_1_mp_rank_00_optim_states.safetensors: cannot open"
+                                                : "another rank failed") != std::string::npos);
+
+            // One micro-step of two: the partial gradients would be lost.
+            const auto out = engine.forward({data.inputs.data(), 2 * input});
+            engine.backward(ds::nn::CrossEntropyLoss{4}(out, {data.labels.data(), 2}));
+            engine.step();
+            CHECK_THROWS_WITH_AS(engine.save_checkpoint(dir), doctest::Contains("inside a gradient accumulation cycle"),
+                                 std::logic_error);
+        });
+        fs::remove_all(dir);
+    }
+}

@@ -1,7 +1,7 @@
 // Engine::save_checkpoint / load_checkpoint: a resumed engine continues bit for bit like
 // the one that never stopped (every ZeRO stage on 2 ranks, mixed precision with its
-// scaler, gradient accumulation, a warm-up schedule), and a checkpoint that does not fit
-// is refused by name with the engine left as it was.
+// scaler, gradient accumulation, a warm-up schedule), even when it had gradients of its
+// own; a checkpoint that does not fit is refused by name with the engine left as it was.
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -96,6 +96,12 @@ void check_resume(Dtype dtype) {
         train(original, data, 3, 3);
 
         AdamEngine<Stage, P> resumed(config(Stage, dtype, 99), comm);
+        {  // half a cycle of its own first: the load must drop these gradients and realign the cycle
+            const std::size_t at = static_cast<std::size_t>(comm.rank()) * 2;
+            const auto out = resumed.forward({data.inputs.data() + at * input, 2 * input});
+            resumed.backward(ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + at, 2}));
+            resumed.step();
+        }
         const auto loaded = resumed.load_checkpoint(dir);
         REQUIRE(loaded);
         CHECK(loaded->path == dir / "global_step3");
@@ -215,6 +221,18 @@ TEST_SUITE("checkpoint") {
             fs::resize_file(file, fs::file_size(file) / 2);
             AdamEngine<1, ds::FP32, Single> engine(config(1));
             expect_refused(engine, "stage1", "zero_pp_rank_0_mp_rank_00_optim_states.safetensors");
+        }
+        SUBCASE("files of two saves under one tag (a save that failed part-way)") {
+            const auto optim = dir / "stage1" / "zero_pp_rank_0_mp_rank_00_optim_states.safetensors";
+            fs::copy_file(optim, dir / "older");
+            {
+                AdamEngine<1, ds::FP32, Single> again(config(1));
+                train(again, data, 0, 2);
+                again.save_checkpoint(dir, "stage1");
+            }
+            fs::copy_file(dir / "older", optim, fs::copy_options::overwrite_existing);
+            AdamEngine<1, ds::FP32, Single> engine(config(1));
+            expect_refused(engine, "stage1", "from another save than");
         }
         SUBCASE("a tag that was never saved") {
             AdamEngine<1, ds::FP32, Single> engine(config(1));

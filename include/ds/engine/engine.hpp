@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -329,8 +331,9 @@ public:
     /// precision) with PyTorch names, and as metadata the step counters, the schedule's
     /// position, the loss scaler's state and `client_state`; every rank writes its own
     /// optimizer states; then rank 0 names `tag` in `<dir>/latest` (with `save_latest`).
-    /// Collective; call it at a gradient accumulation boundary (after `step()`).
-    /// Files are written whole then renamed, so a failed save leaves the last one readable.
+    /// Collective; call it at a gradient accumulation boundary (after `step()`). Each file
+    /// is written whole then renamed, and all carry one save id, so files of a save that
+    /// failed part-way are never loaded together with an older save's.
     /// Host buffers only, so far (`ds::Cpu`).
     /// @param dir  the checkpoint folder (made if missing)
     /// @param tag  default `global_step<N>`, as DeepSpeed names it
@@ -349,32 +352,33 @@ public:
                                    std::to_string(batch_.gradient_accumulation_steps) + "; save after its last step()");
         if (tag.empty()) tag = "global_step" + std::to_string(global_steps_);
         const std::vector<float> params = full_parameters();  // collective: before any rank can fail
+        nlohmann::json identity = checkpoint_identity();
+        identity["save_id"] = agreed_save_id();
         agree_on([&] {
             if (comm_.rank() == 0) std::filesystem::create_directories(dir / tag);
         });
         agree_on([&] {
-            nlohmann::json state = checkpoint_identity();
-            state["global_steps"] = global_steps_;
-            state["global_samples"] = global_samples_;
-            state["skipped_steps"] = skipped_steps_;
-            state["micro_steps"] = micro_steps_;
-            state["optimizer_steps"] = optimizer_.step_count();
-            state["lr_scheduler"] = {{"last_batch_iteration", scheduler_.last_batch_iteration()}};
-            if constexpr (requires { scaler_.state(); }) {
-                const auto s = scaler_.state();
-                state["loss_scaler"] = {{"cur_scale", s.scale},
-                                        {"cur_hysteresis", s.hysteresis},
-                                        {"cur_iter", s.iteration},
-                                        {"last_overflow_iter", s.last_overflow_iteration}};
-            }
-            state["client_state"] = client_state;
-            if (comm_.rank() == 0)
+            if (comm_.rank() == 0) {
+                nlohmann::json state = identity;
+                state["global_steps"] = global_steps_;
+                state["global_samples"] = global_samples_;
+                state["skipped_steps"] = skipped_steps_;
+                state["optimizer_steps"] = optimizer_.step_count();
+                state["lr_scheduler"] = {{"last_batch_iteration", scheduler_.last_batch_iteration()}};
+                if constexpr (requires { scaler_.state(); }) {
+                    const auto s = scaler_.state();
+                    state["loss_scaler"] = {{"cur_scale", s.scale},
+                                            {"cur_hysteresis", s.hysteresis},
+                                            {"cur_iter", s.iteration},
+                                            {"last_overflow_iter", s.last_overflow_iteration}};
+                }
+                state["client_state"] = client_state;
                 io::save_weights<full_model_type>(io::model_states_file(dir, tag), params, {{"dspp", state.dump()}});
+            }
             std::vector<io::NamedTensor> states;
             for (std::size_t k = 0; k < Opt::state_buffers; ++k)
                 states.push_back({"state." + std::to_string(k), {optimizer_.state(k).size()}, optimizer_.state(k)});
-            io::save_safetensors(io::optim_states_file(dir, tag, comm_.rank()), states,
-                                 {{"dspp", checkpoint_identity().dump()}});
+            io::save_safetensors(io::optim_states_file(dir, tag, comm_.rank()), states, {{"dspp", identity.dump()}});
         });
         if (save_latest) {
             agree_on([&] {
@@ -392,10 +396,11 @@ public:
     /// Restores a state `save_checkpoint` wrote: parameters (and master weights), optimizer
     /// states and step count, the step counters, the schedule's position and the loss
     /// scaler, and clears the gradients. Every file is read and checked against this engine
-    /// (model, precision, ZeRO stage, optimizer, world size) before anything changes, so a
-    /// checkpoint that does not fit leaves the engine as it was. Collective. Random streams
-    /// inside the model (MoE gating noise) restart from the seed, as DeepSpeed leaves RNG
-    /// state to the program.
+    /// (model, precision, ZeRO stage, optimizer, world size, expert parallelism) and against
+    /// each other (one save) before anything changes, so a checkpoint that does not fit
+    /// leaves the engine as it was, on every rank. Collective. Not restored, as in DeepSpeed:
+    /// random streams (MoE gating noise continues from the loading engine's), and
+    /// hyper-parameters changed through `optimizer().hyper()` (the config's apply).
     /// @param dir  the folder `save_checkpoint` wrote
     /// @param tag  default: the one `<dir>/latest` names
     /// @returns nothing when `tag` is empty and there is no `<dir>/latest` (DeepSpeed warns
@@ -407,6 +412,11 @@ public:
         if (tag.empty()) {
             std::optional<std::string> latest;
             agree_on([&] { latest = io::read_latest(dir); });
+            float seen[2] = {latest ? 1.0f : 0.0f, latest ? 0.0f : 1.0f};  // some rank found it, some did not
+            comm_.all_reduce(seen, 2, comm::ReduceOp::max);
+            if (seen[0] > 0.0f && seen[1] > 0.0f)
+                throw io::CheckpointError((dir / "latest").string() +
+                                          ": some ranks find it and some do not (every rank must see the same folder)");
             if (!latest) {
                 if (comm_.rank() == 0)
                     std::cerr << "[deepspeed] Unable to find latest file at " << (dir / "latest").string()
@@ -415,17 +425,21 @@ public:
             }
             tag = *latest;
         }
-        std::vector<float> params(full_model_type::param_count);
-        std::vector<std::vector<float>> states;
-        nlohmann::json state;
+        // Read and check everything into `commit`; only then change the engine.
+        std::function<void()> commit;
+        nlohmann::json client_state;
         agree_on([&] {
-            const auto model_file = io::model_states_file(dir, tag);
+            const auto model_file = io::model_states_file(dir, tag), optim_file = io::optim_states_file(dir, tag, comm_.rank());
             const auto model = io::load_safetensors(model_file);
-            state = checked_state(model, model_file);
-            io::read_weights<full_model_type>(model, model_file.string(), params);
-            const auto optim_file = io::optim_states_file(dir, tag, comm_.rank());
+            const nlohmann::json state = checked_state(model, model_file);  // the broadest mismatch first
             const auto optim = io::load_safetensors(optim_file);
-            checked_state(optim, optim_file);
+            const nlohmann::json optim_state = checked_state(optim, optim_file);
+            if (optim_state.value("save_id", "") != state.value("save_id", ""))
+                throw io::CheckpointError(optim_file.string() + ": from another save than " + model_file.string() +
+                                          " (a save that failed part-way?)");
+            std::vector<float> params(full_model_type::param_count);
+            io::read_weights<full_model_type>(model, model_file.string(), params);
+            std::vector<std::vector<float>> states;
             for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
                 const auto it = optim.tensors.find("state." + std::to_string(k));
                 if (it == optim.tensors.end() || it->second.values.size() != optimizer_.state(k).size())
@@ -434,29 +448,46 @@ public:
                                               " (" + std::to_string(optimizer_.state(k).size()) + " values here)");
                 states.push_back(it->second.values);
             }
+            try {
+                const auto steps = state.at("global_steps").get<std::int64_t>();
+                const auto samples = state.at("global_samples").get<std::int64_t>();
+                const auto skipped = state.at("skipped_steps").get<std::int64_t>();
+                const auto optimizer_steps = state.at("optimizer_steps").get<std::int64_t>();
+                const auto schedule = state.at("lr_scheduler").at("last_batch_iteration").get<std::int64_t>();
+                scaler_type scaler = scaler_;
+                if constexpr (requires { scaler.state(); }) {
+                    const auto& s = state.at("loss_scaler");
+                    scaler.restore({s.at("cur_scale").get<double>(), s.at("cur_hysteresis").get<int>(),
+                                    s.at("cur_iter").get<long>(), s.at("last_overflow_iter").get<long>()});
+                }
+                client_state = state.at("client_state");
+                commit = [=, this, params = std::move(params), states = std::move(states)] {
+                    set_full_parameters(params);
+                    for (std::size_t k = 0; k < Opt::state_buffers; ++k)
+                        std::copy(states[k].begin(), states[k].end(), optimizer_.state(k).begin());
+                    optimizer_.set_step_count(optimizer_steps);
+                    global_steps_ = steps;
+                    global_samples_ = samples;
+                    skipped_steps_ = skipped;
+                    // Aligned to this engine's accumulation cycle (DeepSpeed starts it afresh).
+                    micro_steps_ = steps * batch_.gradient_accumulation_steps;
+                    scheduler_.set_last_batch_iteration(schedule);
+                    scaler_ = scaler;
+                    consecutive_skips_ = 0;
+                    zero_.zero_gradients();
+                };
+            } catch (const nlohmann::json::exception& e) {
+                throw io::CheckpointError(model_file.string() + ": engine state incomplete: " + e.what());
+            }
         });
-        set_full_parameters(params);
-        for (std::size_t k = 0; k < Opt::state_buffers; ++k)
-            std::copy(states[k].begin(), states[k].end(), optimizer_.state(k).begin());
-        optimizer_.set_step_count(state.at("optimizer_steps").get<std::int64_t>());
-        global_steps_ = state.at("global_steps").get<std::int64_t>();
-        global_samples_ = state.at("global_samples").get<std::int64_t>();
-        skipped_steps_ = state.at("skipped_steps").get<std::int64_t>();
-        micro_steps_ = state.at("micro_steps").get<std::int64_t>();
-        scheduler_.set_last_batch_iteration(state.at("lr_scheduler").at("last_batch_iteration").get<std::int64_t>());
-        if constexpr (requires { scaler_.state(); }) {
-            const auto& s = state.at("loss_scaler");
-            scaler_.restore({s.at("cur_scale").get<double>(), s.at("cur_hysteresis").get<int>(),
-                             s.at("cur_iter").get<long>(), s.at("last_overflow_iter").get<long>()});
-        }
-        consecutive_skips_ = 0;
-        zero_.zero_gradients();
-        return LoadedCheckpoint{dir / tag, state.at("client_state")};
+        commit();
+        return LoadedCheckpoint{dir / tag, std::move(client_state)};
     }
 
 private:
     /// What a checkpoint must match to be loaded here: the same model, precision, ZeRO
-    /// stage, optimizer and ranks (each rank's optimizer states are its partition).
+    /// stage, optimizer and ranks (each rank's optimizer states are its partition, and its
+    /// experts' with expert parallelism).
     nlohmann::json checkpoint_identity() const {
         return {{"format_version", 1},
                 {"param_count", full_model_type::param_count},
@@ -464,7 +495,18 @@ private:
                 {"zero_stage", Z::stage},
                 {"optimizer", std::string(name_of(Opt::type))},
                 {"world_size", comm_.size()},
+                {"expert_parallel_size", expert_parallel_size},
                 {"optimizer_elements", zero_.optimizer_elements()}};
+    }
+
+    /// One id for the files of one save, the same on every rank: the step and random bits
+    /// every rank agrees on (the maximum of each rank's draw).
+    std::string agreed_save_id() {
+        std::random_device device;
+        float draws[2] = {static_cast<float>(device() >> 8), static_cast<float>(device() >> 8)};  // exact in a float
+        comm_.all_reduce(draws, 2, comm::ReduceOp::max);
+        return std::to_string(global_steps_) + "-" + std::to_string(static_cast<std::uint32_t>(draws[0])) + "-" +
+               std::to_string(static_cast<std::uint32_t>(draws[1]));
     }
 
     /// The engine state in a checkpoint file's metadata, checked against this engine.
@@ -482,7 +524,7 @@ private:
         const nlohmann::json here = checkpoint_identity();
         // The broadest difference first: another model also has other partitions.
         for (const char* key : {"format_version", "param_count", "dtype", "zero_stage", "optimizer", "world_size",
-                                "optimizer_elements"})
+                                "expert_parallel_size", "optimizer_elements"})
             if (!state.contains(key) || state[key] != here[key])
                 throw io::CheckpointError(path.string() + ": saved with " + key + " = " +
                                           (state.contains(key) ? state[key].dump() : std::string("(none)")) +

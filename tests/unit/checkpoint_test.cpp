@@ -59,6 +59,7 @@ ds::Config config(int stage, Dtype dtype = Dtype::fp32, std::int64_t seed = 3) {
                  .gradient_clipping = 0.5,
                  .seed = seed};
     c.zero_optimization.stage = stage;
+    c.zero_optimization.stage3_param_persistence_threshold = 100;  // stage 3 gathers the weights, keeps biases
     c.bf16.enabled = dtype == Dtype::bf16;
     c.fp16.enabled = dtype == Dtype::fp16;
     if (dtype == Dtype::fp16) c.fp16.loss_scale_window = 2;
@@ -148,6 +149,42 @@ TEST_SUITE("checkpoint") {
     TEST_CASE("a resumed bf16 engine (stage 2) and fp16 engine (stage 1, dynamic scale) continue bit for bit") {
         check_resume<2, ds::BF16>(Dtype::bf16);
         check_resume<1, ds::FP16<>>(Dtype::fp16);
+    }
+
+    TEST_CASE("stage 0 (every rank a replica) loads on another number of ranks, as DeepSpeed's does") {
+        const auto data = make_batches(2);
+        const auto dir = fresh_dir("replicas");
+        std::vector<float> saved_params, saved_moments;
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            AdamEngine<0> engine(config(0), comm);
+            train(engine, data, 0, 2);
+            engine.save_checkpoint(dir);
+            const auto params = engine.full_parameters();
+            if (comm.rank() == 0) {
+                saved_params = params;
+                saved_moments.assign(engine.optimizer().state(1).begin(), engine.optimizer().state(1).end());
+            }
+        });
+        AdamEngine<0, ds::FP32, ds::comm::Single> one(config(0, Dtype::fp32, 99));
+        REQUIRE(one.load_checkpoint(dir));
+        CHECK(one.full_parameters() == saved_params);
+        CHECK(std::vector<float>(one.optimizer().state(1).begin(), one.optimizer().state(1).end()) == saved_moments);
+        CHECK(one.global_steps() == 2);
+        CHECK(one.optimizer().step_count() == 2);
+
+        // And back to 2 ranks: rank 1 reads rank 0's file.
+        const auto dir_one = fresh_dir("replicas_one");
+        one.save_checkpoint(dir_one);
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            AdamEngine<0> engine(config(0, Dtype::fp32, 7), comm);
+            REQUIRE(engine.load_checkpoint(dir_one));
+            const auto params = engine.full_parameters();
+            CHECK(params == saved_params);
+            CHECK(std::vector<float>(engine.optimizer().state(1).begin(), engine.optimizer().state(1).end()) ==
+                  saved_moments);
+        });
+        fs::remove_all(dir);
+        fs::remove_all(dir_one);
     }
 
     TEST_CASE("DeepSpeed's layout: latest names global_step<N>; the model file opens as a PyTorch state_dict") {

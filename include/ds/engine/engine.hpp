@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -396,7 +397,8 @@ public:
     /// Restores a state `save_checkpoint` wrote: parameters (and master weights), optimizer
     /// states and step count, the step counters, the schedule's position and the loss
     /// scaler, and clears the gradients. Every file is read and checked against this engine
-    /// (model, precision, ZeRO stage, optimizer, world size, expert parallelism) and against
+    /// (model, precision, ZeRO stage, optimizer, world size unless stage 0, expert
+    /// parallelism) and against
     /// each other (one save) before anything changes, so a checkpoint that does not fit
     /// leaves the engine as it was, on every rank. Collective. Not restored, as in DeepSpeed:
     /// random streams (MoE gating noise continues from the loading engine's), and
@@ -429,7 +431,8 @@ public:
         std::function<void()> commit;
         nlohmann::json client_state;
         agree_on([&] {
-            const auto model_file = io::model_states_file(dir, tag), optim_file = io::optim_states_file(dir, tag, comm_.rank());
+            const auto model_file = io::model_states_file(dir, tag);
+            const auto optim_file = io::optim_states_file(dir, tag, replicated_optimizer ? 0 : comm_.rank());
             const auto model = io::load_safetensors(model_file);
             const nlohmann::json state = checked_state(model, model_file);  // the broadest mismatch first
             const auto optim = io::load_safetensors(optim_file);
@@ -485,9 +488,14 @@ public:
     }
 
 private:
+    /// Whether every rank holds the whole optimizer state (stage 0 without experts split):
+    /// then a checkpoint loads on any number of ranks, each from rank 0's file, as DeepSpeed
+    /// loads stage 0 on another world size.
+    static constexpr bool replicated_optimizer = !Z::partitions_optimizer_states && expert_parallel_size == 1;
+
     /// What a checkpoint must match to be loaded here: the same model, precision, ZeRO
     /// stage, optimizer and ranks (each rank's optimizer states are its partition, and its
-    /// experts' with expert parallelism).
+    /// experts' with expert parallelism; the ranks need not match when they are replicas).
     nlohmann::json checkpoint_identity() const {
         return {{"format_version", 1},
                 {"param_count", full_model_type::param_count},
@@ -524,11 +532,13 @@ private:
         const nlohmann::json here = checkpoint_identity();
         // The broadest difference first: another model also has other partitions.
         for (const char* key : {"format_version", "param_count", "dtype", "zero_stage", "optimizer", "world_size",
-                                "expert_parallel_size", "optimizer_elements"})
+                                "expert_parallel_size", "optimizer_elements"}) {
+            if (replicated_optimizer && std::string_view(key) == "world_size") continue;
             if (!state.contains(key) || state[key] != here[key])
                 throw io::CheckpointError(path.string() + ": saved with " + key + " = " +
                                           (state.contains(key) ? state[key].dump() : std::string("(none)")) +
                                           ", this engine has " + here[key].dump());
+        }
         return state;
     }
 

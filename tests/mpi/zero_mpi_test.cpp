@@ -17,24 +17,12 @@
 #include <ds/data/synthetic.hpp>
 #include <ds/engine/engine.hpp>
 
-#include "cifar10/net.hpp"
+#include "common/small_net.hpp"
 
 namespace {
 
-using Net = cifar10::Net<1, 16, 4>;
-constexpr std::size_t global_batch = 8, input = 256;
+using small_net::Net, small_net::global_batch, small_net::input;
 constexpr int steps = 3;
-
-struct Batches {
-    std::vector<float> inputs;
-    std::vector<std::int32_t> labels;
-};
-Batches make_batches() {
-    const auto d = ds::data::make_synthetic(global_batch * steps, 1, 16, 16, 4, 9);
-    Batches b{std::vector<float>(d.size() * input), std::vector<std::int32_t>(d.size())};
-    for (std::size_t i = 0; i < d.size(); ++i) b.labels[i] = d.get(i, b.inputs.data() + i * input);
-    return b;
-}
 
 template <class P>
 ds::Config config(int stage) {
@@ -49,30 +37,17 @@ ds::Config config(int stage) {
     return c;
 }
 
-/// Rank r of n takes samples [r·m, (r+1)·m) of each global batch (m = global / n).
-template <class E>
-void train(E& engine, const Batches& data) {
-    const auto n = static_cast<std::size_t>(engine.world_size());
-    const std::size_t micro = global_batch / n, rank = static_cast<std::size_t>(engine.global_rank());
-    for (int s = 0; s < steps; ++s) {
-        const std::size_t first = s * global_batch + rank * micro;
-        const auto out = engine.forward({data.inputs.data() + first * input, micro * input});
-        engine.backward(ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + first, micro}));
-        engine.step();
-    }
-}
-
 template <int Stage, class P>
 void check(ds::Config cfg, double tolerance, ds::comm::Progress progress = ds::comm::Progress::library) {
-    const auto data = make_batches();
+    const auto data = small_net::make_batches(steps, 9);
     ds::Config single = cfg;
     single.zero_optimization = {};
     ds::Engine<Net, ds::SGD<>, ds::Zero<0>, P> reference(single);
-    train(reference, data);
+    small_net::train(reference, data, 0, steps);
     const auto expected = reference.full_parameters();
 
     ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Mpi> engine(cfg, ds::comm::Mpi{progress});
-    train(engine, data);
+    small_net::train(engine, data, 0, steps);
     const auto got = engine.full_parameters();
     double worst = 0;
     for (std::size_t i = 0; i < got.size(); ++i)

@@ -13,18 +13,16 @@
 #include <doctest/doctest.h>
 
 #include <ds/comm/threads.hpp>
-#include <ds/data/synthetic.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/io/model_weights.hpp>
 
-#include "cifar10/net.hpp"
+#include "common/small_net.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-using Net = cifar10::Net<1, 16, 4>;
-constexpr std::size_t global_batch = 8, input = 256;
+using small_net::Net, small_net::global_batch, small_net::input, small_net::train;
 enum class Dtype { fp32, bf16, fp16 };
 
 /// A fresh empty folder per call.
@@ -34,18 +32,6 @@ fs::path fresh_dir(const std::string& name) {
                      ("dspp_checkpoint_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(count++));
     fs::remove_all(dir);
     return dir;
-}
-
-struct Batches {
-    std::vector<float> inputs;
-    std::vector<std::int32_t> labels;
-};
-
-Batches make_batches(int steps) {
-    const auto d = ds::data::make_synthetic(global_batch * steps, 1, 16, 16, 4, 5);
-    Batches b{std::vector<float>(d.size() * input), std::vector<std::int32_t>(d.size())};
-    for (std::size_t i = 0; i < d.size(); ++i) b.labels[i] = d.get(i, b.inputs.data() + i * input);
-    return b;
 }
 
 /// Adam with a warm-up that is still climbing, clipping, 2 micro-steps per step; fp16's
@@ -66,21 +52,6 @@ ds::Config config(int stage, Dtype dtype = Dtype::fp32, std::int64_t seed = 3) {
     return c;
 }
 
-/// Steps [first, first + steps) of `data`; rank r takes its slice of each micro-batch.
-template <class E>
-void train(E& engine, const Batches& data, int first, int steps) {
-    const auto n = static_cast<std::size_t>(engine.world_size());
-    const auto gas = static_cast<std::size_t>(engine.gradient_accumulation_steps());
-    const std::size_t micro = global_batch / gas / n, rank = static_cast<std::size_t>(engine.global_rank());
-    for (int s = first; s < first + steps; ++s)
-        for (std::size_t g = 0; g < gas; ++g) {
-            const std::size_t at = s * global_batch + g * (global_batch / gas) + rank * micro;
-            const auto out = engine.forward({data.inputs.data() + at * input, micro * input});
-            engine.backward(ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + at, micro}));
-            engine.step();
-        }
-}
-
 template <int Stage, class P = ds::FP32, class Comm = ds::comm::Threads>
 using AdamEngine = ds::Engine<Net, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, Comm>;
 
@@ -88,7 +59,7 @@ using AdamEngine = ds::Engine<Net, ds::Adam<>, ds::Zero<Stage>, P, ds::Cpu, Comm
 /// trains the same 3: parameters, master weights, counters, lr and scale must be equal.
 template <int Stage, class P>
 void check_resume(Dtype dtype) {
-    const auto data = make_batches(6);
+    const auto data = small_net::make_batches(6, 5);
     const auto dir = fresh_dir("resume");
     ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
         AdamEngine<Stage, P> original(config(Stage, dtype), comm);
@@ -152,7 +123,7 @@ TEST_SUITE("checkpoint") {
     }
 
     TEST_CASE("stage 0 (every rank a replica) loads on another number of ranks, as DeepSpeed's does") {
-        const auto data = make_batches(2);
+        const auto data = small_net::make_batches(2, 5);
         const auto dir = fresh_dir("replicas");
         std::vector<float> saved_params, saved_moments;
         ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
@@ -188,7 +159,7 @@ TEST_SUITE("checkpoint") {
     }
 
     TEST_CASE("DeepSpeed's layout: latest names global_step<N>; the model file opens as a PyTorch state_dict") {
-        const auto data = make_batches(2);
+        const auto data = small_net::make_batches(2, 5);
         const auto dir = fresh_dir("layout");
         AdamEngine<0, ds::FP32, ds::comm::Single> engine(config(0));
         train(engine, data, 0, 2);
@@ -213,7 +184,7 @@ TEST_SUITE("checkpoint") {
 
     TEST_CASE("a checkpoint that does not fit is refused by name, and the engine is unchanged") {
         using ds::comm::Single;
-        const auto data = make_batches(2);
+        const auto data = small_net::make_batches(2, 5);
         const auto dir = fresh_dir("refuse");
         {
             AdamEngine<1, ds::FP32, Single> saved(config(1));
@@ -285,7 +256,7 @@ TEST_SUITE("checkpoint") {
     }
 
     TEST_CASE("one rank's missing file fails every rank's load, none waits; mid-cycle saves are refused") {
-        const auto data = make_batches(2);
+        const auto data = small_net::make_batches(2, 5);
         const auto dir = fresh_dir("ranks");
         ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
             AdamEngine<2> engine(config(2), comm);

@@ -9,27 +9,13 @@
 #include <doctest/doctest.h>
 
 #include <ds/comm/threads.hpp>
-#include <ds/data/synthetic.hpp>
 #include <ds/engine/engine.hpp>
 
-#include "cifar10/net.hpp"
+#include "common/small_net.hpp"
 
 namespace {
 
-using Net = cifar10::Net<1, 16, 4>;
-constexpr std::size_t global_batch = 8, input = 256;
-
-struct Batches {
-    std::vector<float> inputs;
-    std::vector<std::int32_t> labels;
-};
-
-Batches make_batches(int steps) {
-    const auto d = ds::data::make_synthetic(global_batch * steps, 1, 16, 16, 4, 21);
-    Batches b{std::vector<float>(d.size() * input), std::vector<std::int32_t>(d.size())};
-    for (std::size_t i = 0; i < d.size(); ++i) b.labels[i] = d.get(i, b.inputs.data() + i * input);
-    return b;
-}
+using small_net::Net, small_net::global_batch, small_net::input;
 
 /// SGD with momentum is linear in the gradient, so summation-order noise stays at float
 /// rounding: the strict law. Adam divides by sqrt(v), which magnifies noise in gradients
@@ -47,23 +33,6 @@ ds::Config config(int stage, std::int64_t gas = 1, ds::OptimizerType type = ds::
     return c;
 }
 
-/// Trains `steps` optimizer steps; rank r of n takes samples [r·m, (r+1)·m) of each
-/// micro-batch of the global batch (m = global / (n · gas)).
-template <class E>
-void train(E& engine, const Batches& data, int steps) {
-    const auto n = static_cast<std::size_t>(engine.world_size());
-    const auto gas = static_cast<std::size_t>(engine.gradient_accumulation_steps());
-    const std::size_t micro = global_batch / gas / n, rank = static_cast<std::size_t>(engine.global_rank());
-    for (int s = 0; s < steps; ++s)
-        for (std::size_t g = 0; g < gas; ++g) {
-            const std::size_t first = s * global_batch + g * (global_batch / gas) + rank * micro;
-            const auto out = engine.forward({data.inputs.data() + first * input, micro * input});
-            const auto loss = ds::nn::CrossEntropyLoss{4}(out, {data.labels.data() + first, micro});
-            engine.backward(loss);
-            engine.step();
-        }
-}
-
 template <int Stage, class Opt = ds::SGD<>, class P = ds::FP32>
 using ThreadedEngine = ds::Engine<Net, Opt, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads>;
 
@@ -72,15 +41,15 @@ template <int Stage, class Opt = ds::SGD<>, class P = ds::FP32>
 void check_matches_single_rank(int ranks, ds::Config cfg, const char* what, double tolerance = 1e-6,
                                double floor = 1e-2) {
     constexpr int steps = 3;
-    const auto data = make_batches(steps);
+    const auto data = small_net::make_batches(steps, 21);
     ds::Config reference_cfg = cfg;
     reference_cfg.zero_optimization.stage = 0;
     ds::Engine<Net, Opt, ds::Zero<0>, P> reference(reference_cfg);
-    train(reference, data, steps);
+    small_net::train(reference, data, 0, steps);
     const auto expected = reference.full_parameters();
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
         ThreadedEngine<Stage, Opt, P> engine(cfg, comm);
-        train(engine, data, steps);
+        small_net::train(engine, data, 0, steps);
         const auto got = engine.full_parameters();
         INFO(what << ": stage " << Stage << " on " << ranks << " ranks, rank " << comm.rank());
         CHECK(engine.optimizer().step_count() == engine.global_steps());
@@ -172,13 +141,13 @@ TEST_CASE("stage 2 with buckets smaller than a layer, stage 3 with forced gather
 }
 
 TEST_CASE("elements communicated per step: 2Ψ for stages 0-2, 3Ψ for stage 3 (plus one norm scalar)") {
-    const auto data = make_batches(1);
+    const auto data = small_net::make_batches(1, 21);
     // 4 ranks: Ψ = 15,116 is padded to 15,120 (a multiple of 2·dp) at stages 1-2.
     ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
         using ds::comm::Op;
         auto one_step = [&](auto& engine) {
             const auto before = engine.communicator().counters();
-            train(engine, data, 1);
+            small_net::train(engine, data, 0, 1);
             const auto& after = engine.communicator().counters();
             std::array<std::uint64_t, 5> delta{};
             for (std::size_t i = 0; i < 5; ++i) delta[i] = after.elements[i] - before.elements[i];
@@ -223,12 +192,12 @@ TEST_CASE("elements communicated per step: 2Ψ for stages 0-2, 3Ψ for stage 3 (
 }
 
 TEST_CASE("bf16 moves the same elements per step as fp32: 2Ψ at stage 2, 3Ψ at stage 3") {
-    const auto data = make_batches(1);
+    const auto data = small_net::make_batches(1, 21);
     ds::comm::run_ranks(4, [&](ds::comm::Threads& comm) {
         using ds::comm::Op;
         auto moved = [&](auto& engine) {
             const auto before = engine.communicator().counters();
-            train(engine, data, 1);
+            small_net::train(engine, data, 0, 1);
             const auto& after = engine.communicator().counters();
             return std::array<std::uint64_t, 3>{after[Op::reduce_scatter] - before[Op::reduce_scatter],
                                                 after[Op::all_gather] - before[Op::all_gather],

@@ -52,9 +52,6 @@ std::vector<RankRun> gpu_runs(const ds::Config& cfg) {
     return ranks;
 }
 
-double relative(double got, double expected, double floor) {
-    return std::abs(got - expected) / std::max(std::abs(expected), floor);
-}
 double worst_loss(const TrainingRun& a, const TrainingRun& b) {
     double worst = 0;
     for (std::size_t s = 0; s < a.losses.size(); ++s) worst = std::max(worst, relative(a.losses[s], b.losses[s], 1e-3));
@@ -77,7 +74,7 @@ TEST_CASE("2 ranks on one GPU: ZeRO stage 0 over CudaStaged<Threads> trains as t
         INFO("rank " << r);
         CHECK(worst_loss(gpu[r].run, cpu[r]) < 1e-3);  // fp32 on both, summed in other orders
         REQUIRE(gpu[r].run.params.size() == cpu[r].params.size());
-        CHECK(worst_parameter(gpu[r].run, cpu[r]) < 2e-3);
+        CHECK(drift(gpu[r].run, cpu[r]) < 1e-2);  // within 1 % of how far they moved
     }
     CHECK(gpu[0].run.params == gpu[1].run.params);  // the ranks agree exactly
     CHECK(gpu[0].run.losses.back() < gpu[0].run.losses.front());

@@ -1,6 +1,8 @@
 // The CPU reference run of tests/gpu/engine_gpu_test.cu (see engine_reference.hpp).
 #include "gpu/engine_reference.hpp"
 
+#include <stdexcept>
+
 #include <ds/comm/threads.hpp>
 #include <ds/engine/engine.hpp>
 
@@ -40,4 +42,19 @@ std::vector<TrainingRun> train_on_cpu_ranks(int steps, int ranks) {
         runs[r] = train_steps(engine, steps);
     });
     return runs;
+}
+
+SavedOnCpu train_and_save_on_cpu(int steps, const std::filesystem::path& dir) {
+    ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32> engine(engine_test_config());
+    train_steps(engine, steps);
+    engine.save_checkpoint(dir);
+    return {engine.full_parameters(),
+            {{engine.optimizer().state(0).begin(), engine.optimizer().state(0).end()},
+             {engine.optimizer().state(1).begin(), engine.optimizer().state(1).end()}}};
+}
+
+TrainingRun resume_on_cpu(const std::filesystem::path& dir, int first, int steps) {
+    ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32> engine(engine_test_config());
+    if (!engine.load_checkpoint(dir)) throw std::runtime_error(dir.string() + ": no checkpoint to resume from");
+    return train_steps(engine, steps, first);
 }

@@ -169,11 +169,11 @@ public:
         synchronize();
     }
     void barrier() {
+        after_producer();  // first: a block from the allocator is free in the producer's order only
         if (state_->flag.size() == 0) {
             state_->flag = cuda::DeviceBuffer<std::int32_t>(1);
             DS_CUDA_CHECK(cudaMemsetAsync(state_->flag.data(), 0, sizeof(std::int32_t), state_->stream));
         }
-        after_producer();
         DS_NCCL_CHECK(ncclAllReduce(state_->flag.data(), state_->flag.data(), 1, ncclInt32, ncclSum, state_->comm,
                                     state_->stream));
         synchronize();

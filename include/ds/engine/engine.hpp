@@ -335,7 +335,6 @@ public:
     /// Collective; call it at a gradient accumulation boundary (after `step()`). Each file
     /// is written whole then renamed, and all carry one save id, so files of a save that
     /// failed part-way are never loaded together with an older save's.
-    /// Host buffers only, so far (`ds::Cpu`).
     /// @param dir  the checkpoint folder (made if missing)
     /// @param tag  default `global_step<N>`, as DeepSpeed names it
     /// @param client_state  anything the program wants back from `load_checkpoint`
@@ -344,9 +343,7 @@ public:
     /// @throws std::logic_error in the middle of an accumulation cycle (the partial
     ///   gradients are not saved)
     void save_checkpoint(const std::filesystem::path& dir, std::string tag = {},
-                         const nlohmann::json& client_state = nlohmann::json::object(), bool save_latest = true)
-        requires(traits::host_buffers)
-    {
+                         const nlohmann::json& client_state = nlohmann::json::object(), bool save_latest = true) {
         if (micro_steps_ % batch_.gradient_accumulation_steps != 0)
             throw std::logic_error("Engine::save_checkpoint: micro-step " + std::to_string(micro_steps_) +
                                    " is inside a gradient accumulation cycle of " +
@@ -376,9 +373,13 @@ public:
                 state["client_state"] = client_state;
                 io::save_weights<full_model_type>(io::model_states_file(dir, tag), params, {{"dspp", state.dump()}});
             }
+            std::vector<decltype(optimizer_.state(0))> held;  // host spans; copies from the device on ds::Cuda
+            held.reserve(Opt::state_buffers);
             std::vector<io::NamedTensor> states;
-            for (std::size_t k = 0; k < Opt::state_buffers; ++k)
-                states.push_back({"state." + std::to_string(k), {optimizer_.state(k).size()}, optimizer_.state(k)});
+            for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
+                const auto& values = held.emplace_back(optimizer_.state(k));
+                states.push_back({"state." + std::to_string(k), {values.size()}, {values.data(), values.size()}});
+            }
             io::save_safetensors(io::optim_states_file(dir, tag, comm_.rank()), states, {{"dspp", identity.dump()}});
         });
         if (save_latest) {
@@ -408,15 +409,12 @@ public:
     /// @returns nothing when `tag` is empty and there is no `<dir>/latest` (DeepSpeed warns
     ///   and loads nothing); else the folder and the client state
     /// @throws io::CheckpointError, io::SafetensorsError naming the file and what does not fit
-    std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& dir, std::string tag = {})
-        requires(traits::host_buffers)
-    {
+    std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& dir, std::string tag = {}) {
         if (tag.empty()) {
             std::optional<std::string> latest;
             agree_on([&] { latest = io::read_latest(dir); });
-            float seen[2] = {latest ? 1.0f : 0.0f, latest ? 0.0f : 1.0f};  // some rank found it, some did not
-            comm_.all_reduce(seen, 2, comm::ReduceOp::max);
-            if (seen[0] > 0.0f && seen[1] > 0.0f)
+            const double found = zero_.sum_over_ranks(latest ? 1.0 : 0.0);
+            if (found > 0.0 && found < comm_.size())
                 throw io::CheckpointError((dir / "latest").string() +
                                           ": some ranks find it and some do not (every rank must see the same folder)");
             if (!latest) {
@@ -445,10 +443,10 @@ public:
             std::vector<std::vector<float>> states;
             for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
                 const auto it = optim.tensors.find("state." + std::to_string(k));
-                if (it == optim.tensors.end() || it->second.values.size() != optimizer_.state(k).size())
+                if (it == optim.tensors.end() || it->second.values.size() != optimizer_.elements())
                     throw io::CheckpointError(optim_file.string() + ": optimizer state " + std::to_string(k) +
                                               (it == optim.tensors.end() ? " is missing" : " has another size") +
-                                              " (" + std::to_string(optimizer_.state(k).size()) + " values here)");
+                                              " (" + std::to_string(optimizer_.elements()) + " values here)");
                 states.push_back(it->second.values);
             }
             try {
@@ -466,8 +464,7 @@ public:
                 client_state = state.at("client_state");
                 commit = [=, this, params = std::move(params), states = std::move(states)] {
                     set_full_parameters(params);
-                    for (std::size_t k = 0; k < Opt::state_buffers; ++k)
-                        std::copy(states[k].begin(), states[k].end(), optimizer_.state(k).begin());
+                    for (std::size_t k = 0; k < Opt::state_buffers; ++k) optimizer_.set_state(k, states[k]);
                     optimizer_.set_step_count(optimizer_steps);
                     global_steps_ = steps;
                     global_samples_ = samples;
@@ -508,13 +505,11 @@ private:
     }
 
     /// One id for the files of one save, the same on every rank: the step and random bits
-    /// every rank agrees on (the maximum of each rank's draw).
+    /// every rank agrees on (the sum of each rank's 32-bit draw, exact in a double).
     std::string agreed_save_id() {
         std::random_device device;
-        float draws[2] = {static_cast<float>(device() >> 8), static_cast<float>(device() >> 8)};  // exact in a float
-        comm_.all_reduce(draws, 2, comm::ReduceOp::max);
-        return std::to_string(global_steps_) + "-" + std::to_string(static_cast<std::uint32_t>(draws[0])) + "-" +
-               std::to_string(static_cast<std::uint32_t>(draws[1]));
+        const double draws = zero_.sum_over_ranks(static_cast<double>(device()));
+        return std::to_string(global_steps_) + "-" + std::to_string(static_cast<std::uint64_t>(draws));
     }
 
     /// The engine state in a checkpoint file's metadata, checked against this engine.
@@ -553,10 +548,9 @@ private:
         } catch (...) {
             failure = std::current_exception();
         }
-        float failed = failure ? 1.0f : 0.0f;
-        comm_.all_reduce(&failed, 1, comm::ReduceOp::max);
+        const double failed = zero_.sum_over_ranks(failure ? 1.0 : 0.0);
         if (failure) std::rethrow_exception(failure);
-        if (failed > 0.0f) throw io::CheckpointError("checkpoint: another rank failed (its error says why)");
+        if (failed > 0.0) throw io::CheckpointError("checkpoint: another rank failed (its error says why)");
     }
 
     static Config validated(const Config& cfg, std::int64_t world_size) {

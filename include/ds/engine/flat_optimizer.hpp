@@ -2,11 +2,13 @@
 /// @file
 /// `ds::FlatOptimizer<Opt>`: an optimizer policy's state over flat fp32 buffers, and its step.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <span>
+#include <string>
 #include <type_traits>
 
 #include <ds/device/cpu/convert.hpp>
@@ -61,6 +63,15 @@ public:
     /// State buffer k (Adam: 0 = exp_avg, 1 = exp_avg_sq).
     std::span<const float> state(std::size_t k) const { return states_.span(k); }
     std::span<float> state(std::size_t k) { return states_.span(k); }
+    /// Replaces state buffer k (a checkpoint's; `elements()` values).
+    void set_state(std::size_t k, std::span<const float> values) {
+        if (values.size() != elements())
+            throw std::invalid_argument("FlatOptimizer::set_state: " + std::to_string(values.size()) +
+                                        " values for a state of " + std::to_string(elements()));
+        std::copy(values.begin(), values.end(), states_.span(k).begin());
+    }
+    /// Values in each state buffer: the partition this optimizer steps.
+    std::size_t elements() const { return states_.elements(); }
     std::size_t state_bytes() const { return Opt::state_buffers * states_.elements() * sizeof(float); }
 
     /// One optimizer step over `params` with gradients `grads` (both `elements` long) at

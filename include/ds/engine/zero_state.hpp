@@ -215,6 +215,10 @@ public:
         }
     }
 
+    /// A host value summed over the world's ranks, through the memory policy (a
+    /// communicator of device buffers takes no host pointers).
+    double sum_over_ranks(double x) const { return mem_.sum_over(comm_, x); }
+
     /// What the optimizer updates, one run per group: this rank's fp32 values (the master
     /// weights in mixed precision, else the parameters themselves) and their averaged
     /// gradients in the accumulation dtype — the whole model at stage 0.

@@ -43,13 +43,21 @@ public:
     const Hyper& hyper() const { return hyper_; }
     Hyper& hyper() { return hyper_; }
     std::int64_t step_count() const { return steps_; }
+    /// Restores the count (a checkpoint's): Adam's bias corrections continue from it.
+    void set_step_count(std::int64_t steps) { steps_ = steps; }
     /// State buffer k copied to the host (Adam: 0 = exp_avg, 1 = exp_avg_sq).
     std::vector<float> state(std::size_t k) const {
         std::vector<float> host(elements_);
-        DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        states_[k].copy_to(host);
+        states_[k].copy_to(host, stream_);
         return host;
     }
+    /// Replaces state buffer k (a checkpoint's; `elements()` values); waits for the copy.
+    void set_state(std::size_t k, std::span<const float> values) {
+        states_[k].copy_from(values, stream_);
+        DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+    /// Values in each state buffer: the partition this optimizer steps.
+    std::size_t elements() const { return elements_; }
     std::size_t state_bytes() const { return states * elements_ * sizeof(float); }
 
     /// One step over the parts laid end to end (the states follow their order): gradients

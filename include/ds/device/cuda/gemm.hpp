@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -38,7 +39,8 @@ enum class Op { none, transpose };
 enum class Epilogue { none, bias, relu_bias };
 
 /// Row-major C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C (+ epilogue), on a stream.
-/// C may be fp32 under 2-byte A and B (the sums kept unrounded for a later bias add).
+/// C may be fp32 under 2-byte A and B (the sums kept unrounded for a later bias add). The
+/// epilogue's bias must be 16-byte aligned; k must not be 0.
 /// One `Gemm` per stream and host thread: its workspace and cached descriptors are reused by
 /// every call, so two streams sharing one would race on them.
 ///
@@ -67,6 +69,13 @@ public:
                     Epilogue epilogue = Epilogue::none, const C* bias = nullptr) {
         static_assert(std::is_same_v<C, T> || std::is_same_v<C, float>, "ds::cuda::Gemm: C is A's dtype or fp32");
         if (m == 0 || n == 0) return;
+        if (k == 0)  // an empty sum (a batch of 0): cuBLASLt refuses the zero-width layouts
+            throw std::invalid_argument("ds::cuda::Gemm: a product over k = 0");
+        // cuBLASLt's kernels may read the bias 16 bytes at a time, and its alignment
+        // preferences do not cover the bias: a misaligned one faults (misaligned address).
+        if (epilogue != Epilogue::none && alignment(bias) < 16)
+            throw std::invalid_argument("ds::cuda::Gemm: the epilogue's bias must be 16-byte aligned (add a "
+                                        "misaligned bias with a kernel after the product)");
         const Key key{data_type<T>(), data_type<C>(), op_a, op_b, m, n, k, lda, ldb, ldc, epilogue,
                       use_tf32 && std::is_same_v<T, float>, alignment(a), alignment(b), alignment(c)};
         auto it = plans_.find(key);

@@ -3,6 +3,7 @@
 /// Launch shapes for the element-wise kernels' grid-stride loops, and `plain_t`, the name
 /// every launch gives its element types.
 
+#include <array>
 #include <cstddef>
 #include <type_traits>
 
@@ -13,12 +14,24 @@
 
 namespace ds::cuda {
 
+/// The current device's multiprocessor count, asked of the driver once per device and
+/// thread (every element-wise launch needs it).
+inline int multiprocessors() {
+    int device = 0;
+    DS_CUDA_CHECK(cudaGetDevice(&device));
+    thread_local std::array<int, 64> known{};  // 0: not asked yet
+    const auto at = static_cast<std::size_t>(device);
+    if (at < known.size() && known[at] > 0) return known[at];
+    int sms = 0;
+    DS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (at < known.size()) known[at] = sms;
+    return sms;
+}
+
 /// Blocks of `threads` for a grid-stride loop over n elements: enough to fill the current
 /// device (8 blocks per SM), no more, so each thread handles several elements.
 inline unsigned grid_for(std::size_t n, unsigned threads) {
-    int device = 0, sms = 0;
-    DS_CUDA_CHECK(cudaGetDevice(&device));
-    DS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = multiprocessors();
     const std::size_t wanted = (n + threads - 1) / threads;
     const std::size_t cap = static_cast<std::size_t>(sms) * 8;
     return static_cast<unsigned>(wanted < cap ? (wanted > 0 ? wanted : 1) : cap);

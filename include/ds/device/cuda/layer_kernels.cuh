@@ -45,9 +45,9 @@ struct GatherBatch {
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::gather_batch(i, in, col, batch); }
 };
-template <class Shape, class T>
+template <class Shape, class D, class T>
 struct ScatterBackBatch {
-    const T* dcol;
+    const D* dcol;
     T* dx;
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::scatter_back_batch(i, dcol, dx, batch); }
@@ -167,11 +167,13 @@ void im2col_batch(const T* in, T* col, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
     detail::for_each_index(batch * Shape::col_size, detail::GatherBatch<Shape, plain_t<T>>{in, col, batch}, stream);
 }
-/// The input gradient from the columns' gradient (`Im2Col::scatter_back_batch`).
-template <std::size_t C, std::size_t H, std::size_t W, std::size_t K, class T>
-void col2im_batch(const T* dcol, T* dx, std::size_t batch, cudaStream_t stream) {
+/// The input gradient from the columns' gradient (`Im2Col::scatter_back_batch`): `dcol` in
+/// T, or unrounded fp32 products rounded to T once after their sum.
+template <std::size_t C, std::size_t H, std::size_t W, std::size_t K, class D, class T>
+void col2im_batch(const D* dcol, T* dx, std::size_t batch, cudaStream_t stream) {
     using Shape = nn::math::Im2Col<C, H, W, K>;
-    detail::for_each_index(batch * Shape::image_size, detail::ScatterBackBatch<Shape, plain_t<T>>{dcol, dx, batch}, stream);
+    detail::for_each_index(batch * Shape::image_size,
+                           detail::ScatterBackBatch<Shape, plain_t<D>, plain_t<T>>{dcol, dx, batch}, stream);
 }
 /// [O][B][P] GEMM rows (T, or unrounded fp32 sums) to [B][O][P] images, adding a bias per
 /// channel (`nn::math::BatchRows`).

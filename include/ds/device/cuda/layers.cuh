@@ -50,10 +50,11 @@ private:
     DeviceBuffer<T> ones_;
 };
 
-/// The unrounded fp32 sums of a 2-byte layer's forward product, so the bias is added before
-/// the one rounding to T, as the CPU layers do (fp32 layers need none: they add in place).
+/// The unrounded fp32 sums of a 2-byte layer's product, so what is added to them (the
+/// forward's bias, col2im's K² overlapping columns) is added before the one rounding to T,
+/// as the CPU layers do (fp32 layers need none: they add in place).
 template <class T>
-class ForwardSums {
+class UnroundedSums {
 public:
     void reserve(std::size_t n) {
         if constexpr (!std::is_same_v<T, float>) sums_ = DeviceBuffer<float>(n);
@@ -144,7 +145,7 @@ private:
     using Sink = GradientSink<T, Out * In + Out>;
     Ones<T> ones_;
     Sink sink_;
-    ForwardSums<T> sums_;
+    UnroundedSums<T> sums_;
 };
 
 /// The whole batch as one GEMM: columns [C·K·K × B·P] (`Im2Col::gather_batch`), rows
@@ -162,6 +163,7 @@ struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
         ones_.reserve(max_batch * P, ctx.stream);
         sink_.reserve();
         sums_.reserve(Out * max_batch * P);
+        dcol_.reserve(F * max_batch * P);
     }
 
     /// The product's rows unrounded (2-byte T: fp32 sums), then the bias and one rounding.
@@ -186,9 +188,10 @@ struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
              Out, ctx.stream);
         sink_.finish(dw, ctx.stream);
         if (!dx) return;
-        // dcol reuses the columns' buffer: they are consumed.
-        gemm(Op::transpose, Op::none, F, bp, Out, 1.0f, w, F, rows_.data(), bp, 0.0f, col_.data(), bp, ctx.stream);
-        col2im_batch<C, H, W, K>(col_.data(), dx, batch, ctx.stream);
+        // dcol reuses the columns' buffer in fp32 (they are consumed), else goes to fp32 sums.
+        auto* dcol = dcol_.target(col_.data());
+        gemm(Op::transpose, Op::none, F, bp, Out, 1.0f, w, F, rows_.data(), bp, 0.0f, dcol, bp, ctx.stream);
+        col2im_batch<C, H, W, K>(dcol, dx, batch, ctx.stream);
     }
 
 private:
@@ -196,7 +199,7 @@ private:
     DeviceBuffer<T> col_, rows_;
     Ones<T> ones_;
     Sink sink_;
-    ForwardSums<T> sums_;
+    UnroundedSums<T> sums_, dcol_;
 };
 
 template <class Input, class T>

@@ -60,9 +60,10 @@ struct Im2Col {
         const std::size_t c = r / (K * K), i = r / K % K, j = r % K, y = p / out_w, x = p % out_w;
         col[index] = in[b * image_size + (c * H + y + i) * W + x + j];
     }
-    /// `scatter_back` over the batch's columns as `gather_batch` lays them out.
-    template <class T>
-    DS_HOST_DEVICE static void scatter_back_batch(std::size_t index, const T* dcol, T* dx, std::size_t batch) {
+    /// `scatter_back` over the batch's columns as `gather_batch` lays them out; `dcol` in T or
+    /// as unrounded fp32 products (summed in fp32, rounded to T once).
+    template <class D, class T>
+    DS_HOST_DEVICE static void scatter_back_batch(std::size_t index, const D* dcol, T* dx, std::size_t batch) {
         const std::size_t width = batch * cols;
         const std::size_t b = index / image_size, e = index % image_size;
         const std::size_t c = e / (H * W), h = e / W % H, w = e % W;

@@ -56,6 +56,7 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
     CHECK(losses.back() < losses.front());  // it learns (the synthetic classes are separable)
     REQUIRE(gpu.params.size() == cpu.params.size());
     CHECK(drift(gpu, cpu) < 1e-2);
+    CHECK(share_within(gpu, cpu, 2e-3) > 0.999);  // and all but a few parameters closely
 
     const auto memory = engine.memory_report();
     CHECK(memory.parameters == 4 * cifar10::CifarNet::param_count);
@@ -191,7 +192,14 @@ TEST_CASE("checkpoints move between the GPU and CPU engines, and a resumed GPU e
     Bf16Engine bf16_resumed(cfg);
     REQUIRE(bf16_resumed.load_checkpoint(root / "bf16"));
     CHECK(bf16_resumed.full_parameters() == bf16_saved.full_parameters());
+    CHECK(bf16_resumed.optimizer().state(0) == bf16_saved.optimizer().state(0));
     CHECK(bf16_resumed.optimizer().state(1) == bf16_saved.optimizer().state(1));
+    CHECK(bf16_resumed.optimizer().step_count() == first);
+    // ... and the bf16 copy the forward reads is the master's rounding: the next step agrees.
+    const TrainingRun bf16_next = train_steps(bf16_saved, 1, first);
+    const TrainingRun bf16_resumed_next = train_steps(bf16_resumed, 1, first);
+    CHECK(relative(bf16_resumed_next.losses[0], bf16_next.losses[0], 1e-3) < 1e-6);
+    CHECK(drift(bf16_resumed_next, bf16_next) < 1e-5);
     // ... and a checkpoint of another precision is refused by name, the engine unchanged.
     const auto kept = bf16_resumed.full_parameters();
     CHECK_THROWS_WITH_AS(bf16_resumed.load_checkpoint(root / "gpu"), doctest::Contains("dtype"), ds::io::CheckpointError);

@@ -75,6 +75,7 @@ TEST_CASE("2 ranks on one GPU: ZeRO stage 0 over CudaStaged<Threads> trains as t
         CHECK(worst_loss(gpu[r].run, cpu[r]) < 1e-3);  // fp32 on both, summed in other orders
         REQUIRE(gpu[r].run.params.size() == cpu[r].params.size());
         CHECK(drift(gpu[r].run, cpu[r]) < 1e-2);  // within 1 % of how far they moved
+        CHECK(share_within(gpu[r].run, cpu[r], 2e-3) > 0.999);
     }
     CHECK(gpu[0].run.params == gpu[1].run.params);  // the ranks agree exactly
     CHECK(gpu[0].run.losses.back() < gpu[0].run.losses.front());

@@ -37,6 +37,13 @@ inline double drift(const TrainingRun& a, const TrainingRun& b) {
     return std::sqrt(apart / moved);
 }
 
+/// The share of parameters within `bound` of each other (relative, floor 1e-2).
+inline double share_within(const TrainingRun& a, const TrainingRun& b, double bound) {
+    std::size_t close = 0;
+    for (std::size_t i = 0; i < b.params.size(); ++i) close += relative(a.params[i], b.params[i], 1e-2) < bound;
+    return static_cast<double>(close) / static_cast<double>(b.params.size());
+}
+
 /// The engines' precisions the GPU tests compare.
 enum class Dtype { fp32, bf16, fp16 };
 

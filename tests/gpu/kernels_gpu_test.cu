@@ -339,6 +339,16 @@ TEST_CASE("layer kernels give the host's results of the same shared math") {
     ds::cuda::col2im_batch<C, H, W, K>(d_col.data(), d_back.data(), batch, nullptr);
     CHECK(to_host(d_col) == col);
     CHECK(to_host(d_back) == back);
+    // fp32 columns' gradient into a bf16 input gradient (the 2-byte conv's backward): the K²
+    // overlapping columns summed in fp32 and rounded once, bit for bit as on the host.
+    std::vector<ds::bf16> back16(x.size());
+    for (std::size_t i = 0; i < back16.size(); ++i) Cols::scatter_back_batch(i, col.data(), back16.data(), batch);
+    ds::cuda::DeviceBuffer<ds::bf16> d_back16(back16.size());
+    ds::cuda::col2im_batch<C, H, W, K>(d_col.data(), d_back16.data(), batch, nullptr);
+    const auto got16 = to_host(d_back16);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < got16.size(); ++i) differ += got16[i].bits != back16[i].bits;
+    CHECK(differ == 0);
     // Max pooling forward and backward on 27 × 27 (the last row and column are in no
     // window: their gradient is 0), with a NaN in one window.
     constexpr std::size_t PH = 27, PW = 27;

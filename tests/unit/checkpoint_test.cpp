@@ -2,10 +2,12 @@
 // the one that never stopped (every ZeRO stage on 2 ranks, mixed precision with its
 // scaler, gradient accumulation, a warm-up schedule), even when it had gradients of its
 // own; a checkpoint that does not fit is refused by name with the engine left as it was.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <span>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -156,6 +158,108 @@ TEST_SUITE("checkpoint") {
         });
         fs::remove_all(dir);
         fs::remove_all(dir_one);
+    }
+
+    TEST_CASE("load_module_only / load_optimizer_states = false read the weights of another precision, stage and "
+              "world size") {
+        using ds::comm::Single;
+        const auto data = small_net::make_batches(3, 5);
+        const auto dir = fresh_dir("partial");
+        std::vector<float> saved_params;
+        std::vector<double> saved_lr;
+        std::int64_t saved_samples = 0;
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            AdamEngine<2, ds::BF16> engine(config(2, Dtype::bf16), comm);
+            train(engine, data, 0, 3);
+            engine.save_checkpoint(dir);
+            const auto params = engine.full_parameters();
+            if (comm.rank() == 0) {
+                saved_params = params;  // the fp32 master weights
+                saved_lr = engine.get_lr();
+                saved_samples = engine.global_samples();
+            }
+        });
+        const auto zeros = [](std::span<const float> v) { return std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f; }); };
+
+        // Everything: refused, this engine is fp32 on one rank.
+        AdamEngine<0, ds::FP32, Single> module(config(0, Dtype::fp32, 99));
+        const std::vector<double> initial_lr = module.get_lr();
+        CHECK_THROWS_WITH_AS(module.load_checkpoint(dir), doctest::Contains("dtype"), ds::io::CheckpointError);
+        // The weights alone: nothing else moves.
+        REQUIRE(module.load_checkpoint(dir, {}, {.load_module_only = true}));
+        CHECK(module.full_parameters() == saved_params);
+        CHECK(module.global_steps() == 0);
+        CHECK(module.micro_steps() == 0);
+        CHECK(module.optimizer().step_count() == 0);
+        CHECK(module.get_lr() == initial_lr);
+        CHECK(zeros(module.optimizer().state(0)));
+        train(module, data, 0, 3);  // and it trains from them (its warm-up's first two steps have lr 0)
+        CHECK(module.global_steps() == 3);
+        CHECK(module.full_parameters() != saved_params);
+
+        // The weights, counters and schedule, with a fresh optimizer (fine-tuning on one rank).
+        AdamEngine<1, ds::FP32, Single> fresh(config(1, Dtype::fp32, 99));
+        REQUIRE(fresh.load_checkpoint(dir, {}, {.load_optimizer_states = false}));
+        CHECK(fresh.full_parameters() == saved_params);
+        CHECK(fresh.global_steps() == 3);
+        CHECK(fresh.global_samples() == saved_samples);
+        CHECK(fresh.micro_steps() == 6);
+        CHECK(fresh.get_lr() == saved_lr);
+        CHECK(fresh.optimizer().step_count() == 0);
+        CHECK(zeros(fresh.optimizer().state(0)));
+        CHECK(zeros(fresh.optimizer().state(1)));
+        // ... and without the schedule's position.
+        AdamEngine<1, ds::FP32, Single> unscheduled(config(1, Dtype::fp32, 99));
+        REQUIRE(unscheduled.load_checkpoint(dir, {}, {.load_optimizer_states = false, .load_lr_scheduler_states = false}));
+        CHECK(unscheduled.global_steps() == 3);
+        CHECK(unscheduled.get_lr() == initial_lr);
+
+        // The model itself must still fit.
+        ds::Engine<cifar10::Net<1, 16, 6>, ds::Adam<>, ds::Zero<1>, ds::FP32> other(config(1));
+        CHECK_THROWS_WITH_AS(other.load_checkpoint(dir, {}, {.load_module_only = true}), doctest::Contains("param_count"),
+                             ds::io::CheckpointError);
+        fs::remove_all(dir);
+    }
+
+    TEST_CASE("load_optimizer_states = false keeps the loader's moments, step count and loss scale; "
+              "load_lr_scheduler_states = false its schedule") {
+        const auto data = small_net::make_batches(3, 5);
+        const auto dir = fresh_dir("keep");
+        ds::comm::run_ranks(1, [&](ds::comm::Threads& comm) {
+            using Engine = AdamEngine<1, ds::FP16<>>;
+            const auto moments = [](Engine& e) {
+                return std::vector<float>(e.optimizer().state(1).begin(), e.optimizer().state(1).end());
+            };
+            Engine saved(config(1, Dtype::fp16), comm);
+            train(saved, data, 0, 3);
+            saved.save_checkpoint(dir);
+
+            Engine keeps(config(1, Dtype::fp16, 99), comm);  // trained a step of its own
+            train(keeps, data, 0, 1);
+            const auto own_moments = moments(keeps);
+            const double own_scale = keeps.loss_scale();
+            REQUIRE(own_moments != moments(saved));
+            REQUIRE(own_scale != saved.loss_scale());
+            REQUIRE(keeps.load_checkpoint(dir, {}, {.load_optimizer_states = false}));
+            CHECK(keeps.full_parameters() == saved.full_parameters());
+            CHECK(keeps.global_steps() == 3);
+            CHECK(keeps.get_lr() == saved.get_lr());
+            CHECK(moments(keeps) == own_moments);
+            CHECK(keeps.optimizer().step_count() == 1);
+            CHECK(keeps.loss_scale() == own_scale);
+
+            Engine own_schedule(config(1, Dtype::fp16, 99), comm);
+            train(own_schedule, data, 0, 1);
+            const auto own_lr = own_schedule.get_lr();
+            REQUIRE(own_lr != saved.get_lr());
+            REQUIRE(own_schedule.load_checkpoint(dir, {}, {.load_lr_scheduler_states = false}));
+            CHECK(own_schedule.get_lr() == own_lr);
+            CHECK(own_schedule.global_steps() == 3);
+            CHECK(moments(own_schedule) == moments(saved));
+            CHECK(own_schedule.optimizer().step_count() == saved.optimizer().step_count());
+            CHECK(own_schedule.loss_scale() == saved.loss_scale());
+        });
+        fs::remove_all(dir);
     }
 
     TEST_CASE("DeepSpeed's layout: latest names global_step<N>; the model file opens as a PyTorch state_dict") {

@@ -397,19 +397,23 @@ public:
 
     /// Restores a state `save_checkpoint` wrote: parameters (and master weights), optimizer
     /// states and step count, the step counters, the schedule's position and the loss
-    /// scaler, and clears the gradients. Every file is read and checked against this engine
-    /// (model, precision, ZeRO stage, optimizer, world size unless stage 0, expert
-    /// parallelism) and against
-    /// each other (one save) before anything changes, so a checkpoint that does not fit
-    /// leaves the engine as it was, on every rank. Collective. Not restored, as in DeepSpeed:
-    /// random streams (MoE gating noise continues from the loading engine's), and
-    /// hyper-parameters changed through `optimizer().hyper()` (the config's apply).
+    /// scaler, and clears the gradients; `options` restores less (DeepSpeed's
+    /// `load_optimizer_states`, `load_lr_scheduler_states`, `load_module_only`, which
+    /// changes the weights alone). Every file
+    /// read is checked against this engine before anything changes — the model always; for
+    /// the optimizer's states also the precision, ZeRO stage, optimizer, world size (unless
+    /// stage 0) and expert parallelism, and that both files are of one save — so a
+    /// checkpoint that does not fit leaves the engine as it was, on every rank. Collective.
+    /// Not restored, as in DeepSpeed: random streams (MoE gating noise continues from the
+    /// loading engine's), and hyper-parameters changed through `optimizer().hyper()`.
     /// @param dir  the folder `save_checkpoint` wrote
     /// @param tag  default: the one `<dir>/latest` names
+    /// @param options  what to restore (default: everything)
     /// @returns nothing when `tag` is empty and there is no `<dir>/latest` (DeepSpeed warns
     ///   and loads nothing); else the folder and the client state
     /// @throws io::CheckpointError, io::SafetensorsError naming the file and what does not fit
-    std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& dir, std::string tag = {}) {
+    std::optional<LoadedCheckpoint> load_checkpoint(const std::filesystem::path& dir, std::string tag = {},
+                                                    io::LoadOptions options = {}) {
         if (tag.empty()) {
             std::optional<std::string> latest;
             agree_on([&] { latest = io::read_latest(dir); });
@@ -425,54 +429,68 @@ public:
             }
             tag = *latest;
         }
+        const bool counters = !options.load_module_only;
+        const bool optimizer = counters && options.load_optimizer_states;
+        const bool schedule = counters && options.load_lr_scheduler_states;
         // Read and check everything into `commit`; only then change the engine.
         std::function<void()> commit;
         nlohmann::json client_state;
         agree_on([&] {
             const auto model_file = io::model_states_file(dir, tag);
-            const auto optim_file = io::optim_states_file(dir, tag, replicated_optimizer ? 0 : comm_.rank());
             const auto model = io::load_safetensors(model_file);
-            const nlohmann::json state = checked_state(model, model_file);  // the broadest mismatch first
-            const auto optim = io::load_safetensors(optim_file);
-            const nlohmann::json optim_state = checked_state(optim, optim_file);
-            if (optim_state.value("save_id", "") != state.value("save_id", ""))
-                throw io::CheckpointError(optim_file.string() + ": from another save than " + model_file.string() +
-                                          " (a save that failed part-way?)");
+            // The broadest mismatch first; the rest of the identity matters to the optimizer's states only.
+            const nlohmann::json state = checked_state(model, model_file, optimizer);
             std::vector<float> params(full_model_type::param_count);
             io::read_weights<full_model_type>(model, model_file.string(), params);
             std::vector<std::vector<float>> states;
-            for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
-                const auto it = optim.tensors.find("state." + std::to_string(k));
-                if (it == optim.tensors.end() || it->second.values.size() != optimizer_.elements())
-                    throw io::CheckpointError(optim_file.string() + ": optimizer state " + std::to_string(k) +
-                                              (it == optim.tensors.end() ? " is missing" : " has another size") +
-                                              " (" + std::to_string(optimizer_.elements()) + " values here)");
-                states.push_back(it->second.values);
+            if (optimizer) {
+                const auto optim_file = io::optim_states_file(dir, tag, replicated_optimizer ? 0 : comm_.rank());
+                const auto optim = io::load_safetensors(optim_file);
+                const nlohmann::json optim_state = checked_state(optim, optim_file, true);
+                if (optim_state.value("save_id", "") != state.value("save_id", ""))
+                    throw io::CheckpointError(optim_file.string() + ": from another save than " + model_file.string() +
+                                              " (a save that failed part-way?)");
+                for (std::size_t k = 0; k < Opt::state_buffers; ++k) {
+                    const auto it = optim.tensors.find("state." + std::to_string(k));
+                    if (it == optim.tensors.end() || it->second.values.size() != optimizer_.elements())
+                        throw io::CheckpointError(optim_file.string() + ": optimizer state " + std::to_string(k) +
+                                                  (it == optim.tensors.end() ? " is missing" : " has another size") +
+                                                  " (" + std::to_string(optimizer_.elements()) + " values here)");
+                    states.push_back(it->second.values);
+                }
             }
             try {
-                const auto steps = state.at("global_steps").get<std::int64_t>();
-                const auto samples = state.at("global_samples").get<std::int64_t>();
-                const auto skipped = state.at("skipped_steps").get<std::int64_t>();
-                const auto optimizer_steps = state.at("optimizer_steps").get<std::int64_t>();
-                const auto schedule = state.at("lr_scheduler").at("last_batch_iteration").get<std::int64_t>();
+                std::int64_t steps = global_steps_, samples = global_samples_, skipped = skipped_steps_;
+                std::int64_t optimizer_steps = optimizer_.step_count();
+                std::int64_t position = scheduler_.last_batch_iteration();
                 scaler_type scaler = scaler_;
-                if constexpr (requires { scaler.state(); }) {
-                    const auto& s = state.at("loss_scaler");
-                    scaler.restore({s.at("cur_scale").get<double>(), s.at("cur_hysteresis").get<int>(),
-                                    s.at("cur_iter").get<long>(), s.at("last_overflow_iter").get<long>()});
+                if (counters) {
+                    steps = state.at("global_steps").get<std::int64_t>();
+                    samples = state.at("global_samples").get<std::int64_t>();
+                    skipped = state.at("skipped_steps").get<std::int64_t>();
+                }
+                if (schedule) position = state.at("lr_scheduler").at("last_batch_iteration").get<std::int64_t>();
+                if (optimizer) {
+                    optimizer_steps = state.at("optimizer_steps").get<std::int64_t>();
+                    if constexpr (requires { scaler.state(); }) {
+                        const auto& s = state.at("loss_scaler");
+                        scaler.restore({s.at("cur_scale").get<double>(), s.at("cur_hysteresis").get<int>(),
+                                        s.at("cur_iter").get<long>(), s.at("last_overflow_iter").get<long>()});
+                    }
                 }
                 client_state = state.at("client_state");
                 commit = [=, this, params = std::move(params), states = std::move(states)] {
                     set_full_parameters(params);
-                    for (std::size_t k = 0; k < Opt::state_buffers; ++k) optimizer_.set_state(k, states[k]);
+                    for (std::size_t k = 0; k < states.size(); ++k) optimizer_.set_state(k, states[k]);
                     optimizer_.set_step_count(optimizer_steps);
+                    scaler_ = scaler;
+                    scheduler_.set_last_batch_iteration(position);
+                    if (!counters) return;
                     global_steps_ = steps;
                     global_samples_ = samples;
                     skipped_steps_ = skipped;
                     // Aligned to this engine's accumulation cycle (DeepSpeed starts it afresh).
                     micro_steps_ = steps * batch_.gradient_accumulation_steps;
-                    scheduler_.set_last_batch_iteration(schedule);
-                    scaler_ = scaler;
                     consecutive_skips_ = 0;
                     zero_.zero_gradients();
                 };
@@ -512,8 +530,10 @@ private:
         return std::to_string(global_steps_) + "-" + std::to_string(static_cast<std::uint64_t>(draws));
     }
 
-    /// The engine state in a checkpoint file's metadata, checked against this engine.
-    nlohmann::json checked_state(const io::SafetensorsFile& file, const std::filesystem::path& path) const {
+    /// The engine state in a checkpoint file's metadata, checked against this engine: its
+    /// model, and with `whole` the rest of `checkpoint_identity` (what the optimizer's
+    /// partitioned states depend on).
+    nlohmann::json checked_state(const io::SafetensorsFile& file, const std::filesystem::path& path, bool whole) const {
         const auto it = file.metadata.find("dspp");
         if (it == file.metadata.end())
             throw io::CheckpointError(path.string() + ": no dspp engine state in its metadata (not written by "
@@ -528,7 +548,9 @@ private:
         // The broadest difference first: another model also has other partitions.
         for (const char* key : {"format_version", "param_count", "dtype", "zero_stage", "optimizer", "world_size",
                                 "expert_parallel_size", "optimizer_elements"}) {
-            if (replicated_optimizer && std::string_view(key) == "world_size") continue;
+            const std::string_view name = key;
+            if (!whole && name != "format_version" && name != "param_count") break;
+            if (replicated_optimizer && name == "world_size") continue;
             if (!state.contains(key) || state[key] != here[key])
                 throw io::CheckpointError(path.string() + ": saved with " + key + " = " +
                                           (state.contains(key) ? state[key].dump() : std::string("(none)")) +
@@ -539,7 +561,8 @@ private:
 
     /// Runs `body` on every rank and lets every rank learn whether any failed, so that no
     /// rank waits in a collective for one that threw: the failing rank rethrows its error,
-    /// the others throw one that points to it.
+    /// the others throw one that points to it. (On a GPU the agreement itself goes through
+    /// the device: after a sticky CUDA error there, that rank cannot take part.)
     template <class Body>
     void agree_on(Body&& body) {
         std::exception_ptr failure;

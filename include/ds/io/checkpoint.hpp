@@ -27,6 +27,22 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+/// What `Engine::load_checkpoint` restores: DeepSpeed's keyword arguments of the same names.
+/// A load without the optimizer's states (`load_optimizer_states = false`, or
+/// `load_module_only`) reads only the model file and checks only the model there, so a
+/// checkpoint of another precision, ZeRO stage, optimizer or world size still gives its
+/// weights (to evaluate them, or to fine-tune them with the loading engine's optimizer).
+struct LoadOptions {
+    /// The optimizer's states and step count, and the fp16 loss scaler (DeepSpeed keeps it
+    /// in the optimizer's state). Else they stay as they are.
+    bool load_optimizer_states = true;
+    /// The learning-rate schedule's position. Else it stays as it is.
+    bool load_lr_scheduler_states = true;
+    /// The weights alone: no step counters, schedule or optimizer state, and the gradients
+    /// and accumulation cycle as they are (load it at a boundary, after `step()`).
+    bool load_module_only = false;
+};
+
 inline std::filesystem::path model_states_file(const std::filesystem::path& dir, const std::string& tag) {
     return dir / tag / "mp_rank_00_model_states.safetensors";
 }

@@ -73,9 +73,9 @@ public:
             throw std::invalid_argument("ds::cuda::Gemm: a product over k = 0");
         // cuBLASLt's kernels may read the bias 16 bytes at a time, and its alignment
         // preferences do not cover the bias: a misaligned one faults (misaligned address).
-        if (epilogue != Epilogue::none && alignment(bias) < 16)
-            throw std::invalid_argument("ds::cuda::Gemm: the epilogue's bias must be 16-byte aligned (add a "
-                                        "misaligned bias with a kernel after the product)");
+        if (epilogue != Epilogue::none && (bias == nullptr || alignment(bias) < 16))
+            throw std::invalid_argument("ds::cuda::Gemm: the epilogue needs a 16-byte aligned bias (add a "
+                                        "misaligned one with a kernel after the product)");
         const Key key{data_type<T>(), data_type<C>(), op_a, op_b, m, n, k, lda, ldb, ldc, epilogue,
                       use_tf32 && std::is_same_v<T, float>, alignment(a), alignment(b), alignment(c)};
         auto it = plans_.find(key);

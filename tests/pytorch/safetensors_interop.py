@@ -6,6 +6,7 @@ Usage: safetensors_interop.py BINARY WORK_DIR. Exits 77 (skipped) without torch/
    the tutorial's Net loads them with strict=True (names, shapes, dtype all match).
 2. PyTorch saves a freshly initialised Net; dspp starts from it (--init-weights), trains 0
    epochs and saves again: the tensors come back bit-identical.
+3. The same Net saved by PyTorch in bf16 and in fp16 loads too, each value widened exactly.
 """
 import subprocess
 import sys
@@ -46,7 +47,16 @@ def main():
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    print(f"ok: {len(state)} tensors both ways")
+
+    for dtype in (torch.bfloat16, torch.float16):
+        narrow = work / f"torch_{str(dtype).split('.')[-1]}.safetensors"
+        save_file({name: t.to(dtype) for name, t in a.items()}, str(narrow))
+        widened = work / "widened.safetensors"
+        run(binary, "--init-weights", str(narrow), "--save-weights", str(widened))
+        c = load_file(str(widened))
+        for name in a:
+            assert torch.equal(c[name], a[name].to(dtype).float()), (dtype, name)
+    print(f"ok: {len(state)} tensors both ways, and from bf16 and fp16")
 
 
 if __name__ == "__main__":

@@ -262,6 +262,45 @@ TEST_SUITE("checkpoint") {
         fs::remove_all(dir);
     }
 
+    TEST_CASE("save_16bit_model writes the compute dtype's weights; stage 3 only when asked to gather them") {
+        const auto data = small_net::make_batches(2, 5);
+        const auto dir = fresh_dir("model16");
+        const auto stored = [&](const std::string& file) {
+            return ds::io::load_safetensors(dir / file).tensors.at("fc1.weight").stored_as;
+        };
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            AdamEngine<2, ds::BF16> bf16(config(2, Dtype::bf16), comm);
+            train(bf16, data, 0, 2);
+            CHECK(bf16.save_16bit_model(dir, "bf16.safetensors"));
+            const auto master = bf16.full_parameters();
+            std::vector<float> weights(Net::param_count);
+            ds::io::load_weights<Net>(dir / "bf16.safetensors", weights);  // every rank, after rank 0 wrote
+            std::size_t differ = 0;  // the forward's copy: each master weight rounded to bf16
+            for (std::size_t i = 0; i < weights.size(); ++i) differ += weights[i] != static_cast<float>(ds::bf16(master[i]));
+            CHECK(differ == 0);
+            CHECK(weights != master);
+            CHECK(stored("bf16.safetensors") == ds::io::StoredAs::BF16);
+
+            AdamEngine<1, ds::FP16<>> fp16(config(1, Dtype::fp16), comm);
+            CHECK(fp16.save_16bit_model(dir, "fp16.safetensors"));
+            CHECK(stored("fp16.safetensors") == ds::io::StoredAs::F16);
+
+            ds::Config c = config(3);
+            AdamEngine<3> not_gathered(c, comm);
+            CHECK_FALSE(not_gathered.save_16bit_model(dir, "stage3.safetensors"));  // DeepSpeed's default
+            CHECK_FALSE(fs::exists(dir / "stage3.safetensors"));
+            c.zero_optimization.stage3_gather_16bit_weights_on_model_save = true;
+            AdamEngine<3> gathered(c, comm);
+            CHECK(gathered.save_16bit_model(dir, "stage3.safetensors"));
+            const auto full = gathered.full_parameters();
+            std::vector<float> fp32(Net::param_count);
+            ds::io::load_weights<Net>(dir / "stage3.safetensors", fp32);
+            CHECK(fp32 == full);  // fp32 engine: fp32 weights
+            CHECK(stored("stage3.safetensors") == ds::io::StoredAs::F32);
+        });
+        fs::remove_all(dir);
+    }
+
     TEST_CASE("DeepSpeed's layout: latest names global_step<N>; the model file opens as a PyTorch state_dict") {
         const auto data = small_net::make_batches(2, 5);
         const auto dir = fresh_dir("layout");

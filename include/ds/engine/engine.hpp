@@ -389,6 +389,36 @@ public:
         }
     }
 
+    /// Saves the model's weights in its compute dtype, for inference (DeepSpeed's
+    /// `save_16bit_model`): bf16 or fp16 under mixed precision — the rounding of the master
+    /// weights that the forward uses — and fp32 otherwise, with PyTorch names, written by
+    /// rank 0 to `<dir>/<file>` (safetensors: HF's `model.safetensors` by default).
+    /// Collective. At ZeRO stage 3 the weights are gathered only when
+    /// `zero_optimization.stage3_gather_16bit_weights_on_model_save` is set; otherwise, as
+    /// in DeepSpeed, nothing is saved: a warning, and false.
+    /// @returns whether the model was saved
+    /// @throws on every rank when rank 0 cannot write (its own error there)
+    bool save_16bit_model(const std::filesystem::path& dir, const std::string& file = "model.safetensors") {
+        if constexpr (Z::partitions_parameters) {
+            if (!cfg_.zero_optimization.stage3_gather_16bit_weights_on_model_save) {
+                if (comm_.rank() == 0)
+                    log_line(LogLevel::warning, "Did not save the model " + (dir / file).string() +
+                                                    " because `stage3_gather_16bit_weights_on_model_save` is False");
+                return false;
+            }
+        }
+        constexpr io::StoredAs stored_as = std::is_same_v<compute_type, bf16>   ? io::StoredAs::BF16
+                                           : std::is_same_v<compute_type, half> ? io::StoredAs::F16
+                                                                                : io::StoredAs::F32;
+        const std::vector<float> params = full_parameters();  // collective: before any rank can fail
+        agree_on([&] {
+            if (comm_.rank() != 0) return;
+            std::filesystem::create_directories(dir);
+            io::save_weights<full_model_type>(dir / file, params, {}, stored_as);
+        });
+        return true;
+    }
+
     /// Where a checkpoint was loaded from, and the `client_state` it was saved with.
     struct LoadedCheckpoint {
         std::filesystem::path path;

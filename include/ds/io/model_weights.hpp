@@ -14,18 +14,19 @@
 namespace ds::io {
 
 /// Writes the parameters of `Model` (flat, laid out as `Model::parameters`) with their
-/// PyTorch names and shapes, so `safetensors.torch.load_file` gives a `state_dict`.
-/// `metadata` goes into the header beside PyTorch's `"format": "pt"`.
+/// PyTorch names and shapes, so `safetensors.torch.load_file` gives a `state_dict`, stored
+/// as fp32 or rounded to bf16 / fp16 (`stored_as`). `metadata` goes into the header beside
+/// PyTorch's `"format": "pt"`.
 template <class Model>
 void save_weights(const std::filesystem::path& file, std::span<const float> params,
-                  std::map<std::string, std::string> metadata = {}) {
+                  std::map<std::string, std::string> metadata = {}, StoredAs stored_as = StoredAs::F32) {
     static_assert(Model::expert_parallel_size == 1,
                   "ds::io::save_weights: a model with its experts split holds only this rank's; save the engine's "
                   "full_model_type (Engine::full_parameters() gathers every expert)");
     std::vector<NamedTensor> tensors;
     for (const auto& p : Model::parameters)
         tensors.push_back({std::string(p.name()), {p.shape.dims, p.shape.dims + p.shape.rank},
-                           params.subspan(p.offset, p.numel())});
+                           params.subspan(p.offset, p.numel()), stored_as});
     metadata["format"] = "pt";
     save_safetensors(file, tensors, metadata);
 }
@@ -59,7 +60,8 @@ void read_weights(const SafetensorsFile& loaded, const std::string& where, std::
     }
 }
 
-/// Reads weights saved for `Model` (by dspp or by PyTorch) into `params` (`read_weights`).
+/// Reads weights saved for `Model` (by dspp or by PyTorch, in fp32, bf16 or fp16) into
+/// `params` (`read_weights`).
 template <class Model>
 void load_weights(const std::filesystem::path& file, std::span<float> params) {
     static_assert(Model::expert_parallel_size == 1,

@@ -231,18 +231,11 @@ private:
     DeviceBuffer<std::uint8_t> at_;
 };
 
-/// NCHW is already the flat layout: a copy each way.
+/// NCHW is already the flat layout: `DeviceSequential` hands Flatten's input on as its
+/// output and its output gradient back as its input gradient, so it runs nothing.
 template <class Input, class T>
 struct DeviceLayer<nn::Flatten, Input, T> {
     void reserve(std::size_t, LayerContext&) {}
-    void forward(const T* x, T* y, std::size_t batch, const T*, LayerContext& ctx) {
-        DS_CUDA_CHECK(cudaMemcpyAsync(y, x, batch * Input::size * sizeof(T), cudaMemcpyDeviceToDevice, ctx.stream));
-    }
-    template <class G>
-    void backward(const T*, const T*, const T* dy, T* dx, std::size_t batch, const T*, G*, LayerContext& ctx) {
-        if (dx)
-            DS_CUDA_CHECK(cudaMemcpyAsync(dx, dy, batch * Input::size * sizeof(T), cudaMemcpyDeviceToDevice, ctx.stream));
-    }
 };
 
 }  // namespace ds::cuda

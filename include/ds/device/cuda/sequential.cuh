@@ -9,6 +9,7 @@
 #include <array>
 #include <cstddef>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include <cuda_runtime_api.h>
@@ -64,13 +65,18 @@ private:
     static constexpr std::size_t in_size = bound_t<I>::input_shape::size;
     template <std::size_t I>
     static constexpr std::size_t out_size = bound_t<I>::output_shape::size;
+    /// Flatten changes no value (NCHW is already the flat layout): its output is its input,
+    /// so it costs no buffer and no copy either way.
+    template <std::size_t I>
+    static constexpr bool passes_through = std::is_same_v<unbound_t<I>, nn::Flatten>;
 
 public:
     /// Activations and work buffers for batches of up to `max_batch` samples, on `ctx`'s stream.
     DeviceSequential(std::size_t max_batch, LayerContext ctx) : ctx_(ctx), max_batch_(max_batch) {
         std::size_t widest = Input::size;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
-            ((std::get<I>(layers_).reserve(max_batch, ctx_), activations_[I] = DeviceBuffer<T>(max_batch * out_size<I>),
+            ((std::get<I>(layers_).reserve(max_batch, ctx_),
+              activations_[I] = DeviceBuffer<T>(passes_through<I> ? 0 : max_batch * out_size<I>),
               widest = std::max(widest, out_size<I>)),
              ...);
         }(std::make_index_sequence<layer_count>{});
@@ -99,16 +105,15 @@ public:
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             (forward_layer<I>(hooks), ...);
         }(std::make_index_sequence<layer_count>{});
-        return activations_[layer_count - 1].data();
+        return output_of<layer_count - 1>();
     }
     /// Backward from d loss / d output (device) of the last `forward`, adding each layer's
     /// parameter gradients into `hooks.gradients(range)`; `hooks.backward_done(range)`
     /// follows each layer.
+    /// `grad_output` is only read (the last layer's dy), so it needs no copy.
     template <class Hooks>
     void backward(const T* grad_output, Hooks& hooks) {
-        DS_CUDA_CHECK(cudaMemcpyAsync(grad_a_.data(), grad_output, batch_ * output_shape::size * sizeof(T),
-                                      cudaMemcpyDeviceToDevice, ctx_.stream));
-        backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
+        backward_from<layer_count - 1>(grad_output, grad_a_.data(), grad_b_.data(), hooks);
     }
 
     /// The same over one flat device parameter buffer and one flat gradient buffer.
@@ -125,38 +130,51 @@ public:
     /// The activations of layer I after `forward` (device).
     template <std::size_t I>
     const T* activation() const {
-        return activations_[I].data();
+        return output_of<I>();
     }
 
 private:
     template <std::size_t I>
     const T* layer_input() const {
         if constexpr (I == 0) return input_;
-        else return activations_[I - 1].data();
+        else return output_of<I - 1>();
+    }
+    template <std::size_t I>
+    const T* output_of() const {
+        if constexpr (passes_through<I>) return layer_input<I>();
+        else return activations_[I].data();
     }
 
     template <std::size_t I, class Hooks>
     void forward_layer(Hooks& hooks) {
-        constexpr LayerRange range = model_type::layer_ranges[I];
-        const T* w = nullptr;
-        if constexpr (range.count > 0) w = hooks.parameters(range);
-        std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
-        if constexpr (range.count > 0) hooks.forward_done(range);
+        if constexpr (!passes_through<I>) {
+            constexpr LayerRange range = model_type::layer_ranges[I];
+            const T* w = nullptr;
+            if constexpr (range.count > 0) w = hooks.parameters(range);
+            std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
+            if constexpr (range.count > 0) hooks.forward_done(range);
+        }
     }
 
+    /// Layer I reads dy and writes dx; the layer before it reads that and writes `spare`
+    /// (the two work buffers alternate). A pass-through layer hands dy on as it is.
     template <std::size_t I, class Hooks>
-    void backward_from(T* dy, T* dx, Hooks& hooks) {
-        constexpr LayerRange range = model_type::layer_ranges[I];
-        const T* w = nullptr;
-        decltype(hooks.gradients(range)) dw = nullptr;
-        if constexpr (range.count > 0) {
-            w = hooks.parameters(range);
-            dw = hooks.gradients(range);
+    void backward_from(const T* dy, T* dx, T* spare, Hooks& hooks) {
+        if constexpr (passes_through<I>) {
+            if constexpr (I > 0) backward_from<I - 1>(dy, dx, spare, hooks);
+        } else {
+            constexpr LayerRange range = model_type::layer_ranges[I];
+            const T* w = nullptr;
+            decltype(hooks.gradients(range)) dw = nullptr;
+            if constexpr (range.count > 0) {
+                w = hooks.parameters(range);
+                dw = hooks.gradients(range);
+            }
+            std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_,
+                                          w, dw, ctx_);
+            if constexpr (range.count > 0) hooks.backward_done(range);
+            if constexpr (I > 0) backward_from<I - 1>(dx, spare, dx, hooks);
         }
-        std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_, w,
-                                      dw, ctx_);
-        if constexpr (range.count > 0) hooks.backward_done(range);
-        if constexpr (I > 0) backward_from<I - 1>(dx, dy, hooks);
     }
 
     LayerContext ctx_;

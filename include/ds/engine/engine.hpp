@@ -490,10 +490,8 @@ public:
                 }
             }
             try {
-                std::int64_t steps = global_steps_, samples = global_samples_, skipped = skipped_steps_;
-                std::int64_t optimizer_steps = optimizer_.step_count();
-                std::int64_t position = scheduler_.last_batch_iteration();
-                scaler_type scaler = scaler_;
+                std::int64_t steps = 0, samples = 0, skipped = 0, optimizer_steps = 0, position = 0;
+                scaler_type scaler = scaler_;  // what fp16 restores into
                 if (counters) {
                     steps = state.at("global_steps").get<std::int64_t>();
                     samples = state.at("global_samples").get<std::int64_t>();
@@ -511,18 +509,21 @@ public:
                 client_state = state.at("client_state");
                 commit = [=, this, params = std::move(params), states = std::move(states)] {
                     set_full_parameters(params);
-                    for (std::size_t k = 0; k < states.size(); ++k) optimizer_.set_state(k, states[k]);
-                    optimizer_.set_step_count(optimizer_steps);
-                    scaler_ = scaler;
-                    scheduler_.set_last_batch_iteration(position);
-                    if (!counters) return;
-                    global_steps_ = steps;
-                    global_samples_ = samples;
-                    skipped_steps_ = skipped;
-                    // Aligned to this engine's accumulation cycle (DeepSpeed starts it afresh).
-                    micro_steps_ = steps * batch_.gradient_accumulation_steps;
-                    consecutive_skips_ = 0;
-                    zero_.zero_gradients();
+                    if (optimizer) {
+                        for (std::size_t k = 0; k < states.size(); ++k) optimizer_.set_state(k, states[k]);
+                        optimizer_.set_step_count(optimizer_steps);
+                        scaler_ = scaler;
+                    }
+                    if (schedule) scheduler_.set_last_batch_iteration(position);
+                    if (counters) {
+                        global_steps_ = steps;
+                        global_samples_ = samples;
+                        skipped_steps_ = skipped;
+                        // Aligned to this engine's accumulation cycle (DeepSpeed starts it afresh).
+                        micro_steps_ = steps * batch_.gradient_accumulation_steps;
+                        consecutive_skips_ = 0;
+                        zero_.zero_gradients();
+                    }
                 };
             } catch (const nlohmann::json::exception& e) {
                 throw io::CheckpointError(model_file.string() + ": engine state incomplete: " + e.what());

@@ -3,11 +3,11 @@
 // Trains the tutorial's LeNet-style Net with Adam, WarmupLR and gradient clipping, then
 // reports test accuracy overall and per class. One binary per policy combination:
 // cifar10_<dtype>_zero<stage> and cifar10_moe_<dtype>_zero<stage> (CMake builds them;
-// run_ds.sh picks one from --dtype/--stage), and cifar10_<dtype>_zero<stage>_cuda on the GPU.
+// run_ds.sh picks one from --dtype/--stage), and cifar10[_moe]_<dtype>_zero<stage>_cuda on the GPU.
 // Each binary is a one-line main (cifar10_main.cpp) into a translation unit that holds
 // several configurations: this file compiled once for the dense Net's twelve, once per
 // dtype for the --moe Net's three stages (CIFAR10_MOE, CIFAR10_UNIT_DTYPE), and by nvcc for
-// the GPU's twelve (cifar10_cuda.cu). Shared code is then compiled once per unit rather
+// the GPU's (cifar10_cuda.cu: the dense twelve in one unit, the --moe Net's per dtype). Shared code is then compiled once per unit rather
 // than once per binary: the build's largest saving.
 //
 //   build/bin/cifar10_fp32_zero0 --dataset fashion-mnist --epochs 2
@@ -132,10 +132,6 @@ ds::Config resolve_config(const cifar10::Args& args) {
                                     "Stage 3\"); the --moe binaries are cifar10_moe_" +
                                     std::string(args.dtype.empty() ? binary_dtype : args.dtype) +
                                     "_zero{0,1,2} (examples/cifar10/run_ds_moe.sh)");
-    if (args.moe && !binary_moe && CIFAR10_CUDA)  // there is no cifar10_moe_*_cuda to name
-        throw std::invalid_argument("--moe: MoE layers do not run on the GPU (ds::Cuda) yet; run " +
-                                    other.substr(0, other.size() - std::string_view("_cuda").size()) +
-                                    " on the CPU (examples/cifar10/run_ds_moe.sh)");
     if (args.moe && !binary_moe)
         throw std::invalid_argument("--moe: this binary is " + self + " (the dense Net); run " + other +
                                     " (examples/cifar10/run_ds_moe.sh)");

@@ -4,7 +4,8 @@
 # and launches it on -n RANKS MPI ranks (default 1: no mpirun). Other arguments pass through.
 # The defaults are the Python example's: --dtype fp16, --stage 0. With --moe it picks the
 # MoE binary (cifar10_moe_<dtype>_zero<stage>; run_ds_moe.sh and run_ds_prmoe.sh pass it).
-# With --cuda it picks the GPU binary (cifar10_<dtype>_zero<stage>_cuda, one GPU per rank).
+# With --cuda it picks the GPU binary (cifar10[_moe]_<dtype>_zero<stage>_cuda, one GPU per rank;
+# run_ds_moe.sh --cuda too).
 #   examples/cifar10/run_ds.sh --dtype=bf16 --stage=2 -n 2 --epochs 2
 #   examples/cifar10/run_ds.sh --cuda --dtype=bf16 --stage=2 --epochs 2
 set -euo pipefail

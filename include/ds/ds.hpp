@@ -57,6 +57,7 @@
 #endif
 #include <ds/nn/math/im2col.hpp>
 #include <ds/nn/math/max_pool.hpp>
+#include <ds/nn/math/moe.hpp>
 #include <ds/nn/math/relu.hpp>
 #include <ds/nn/math/softmax_cross_entropy.hpp>
 #include <ds/nn/max_pool2d.hpp>

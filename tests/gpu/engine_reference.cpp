@@ -25,6 +25,15 @@ TrainingRun train_on_cpu_in(int steps, Dtype dtype) {
     return train_steps(engine, steps);
 }
 
+ds::nn::MoESettings moe_test_settings() { return {.k = 1, .noisy_gate_policy = ds::nn::NoisyGate::rsample}; }
+
+TrainingRun train_moe_on_cpu(int steps) {
+    ds::Engine<cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>, ds::Adam<>, ds::Zero<0>, ds::FP32> engine(
+        engine_test_config());
+    engine.configure_moe(moe_test_settings());
+    return train_steps(engine, steps);
+}
+
 TrainingRun train_on_cpu(int steps, Dtype dtype) {
     switch (dtype) {
         case Dtype::bf16: return train_on_cpu_in<ds::BF16>(steps, dtype);

@@ -9,6 +9,7 @@
 #include <ds/config/config.hpp>
 #include <ds/data/synthetic.hpp>
 #include <ds/nn/cross_entropy.hpp>
+#include <ds/nn/moe.hpp>
 
 /// The parameters before the first step, every step's loss and the parameters after the last.
 struct TrainingRun {
@@ -78,6 +79,11 @@ TrainingRun train_steps(Engine& engine, int steps, int first = 0) {
 
 /// The CPU engine's run at ZeRO stage 0 in `dtype`.
 TrainingRun train_on_cpu(int steps, Dtype dtype = Dtype::fp32);
+/// The example's PR-MoE Net (`--num-experts 2 4 --mlp-type residual`) with run_ds_prmoe.sh's
+/// gating (top-1, RSample noise), for the engine test of MoE on the GPU.
+ds::nn::MoESettings moe_test_settings();
+/// The CPU engine's run of that Net at ZeRO stage 0, fp32.
+TrainingRun train_moe_on_cpu(int steps);
 /// The CPU engine's runs over `ranks` ranks (`comm::Threads`), rank by rank.
 std::vector<TrainingRun> train_on_cpu_ranks(int steps, int ranks);
 

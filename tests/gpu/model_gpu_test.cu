@@ -5,7 +5,8 @@
 // CIFAR-10 (3×32×32) and Fashion-MNIST (1×28×28) shapes, for full and partial batches,
 // and a Linear whose bias is off cuBLASLt's epilogue alignment. Then the Net stored in bf16
 // and fp16 on the GPU against the fp32 GPU Net on the same (rounded) values, its gradients
-// added into fp32 and into its own dtype.
+// added into fp32 and into its own dtype. And the MoE layers (top-1 and top-2, PR-MoE,
+// noise, dropped tokens, bf16) against the CPU's.
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 77 (CTest: skipped).
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <algorithm>
@@ -157,9 +158,65 @@ void check_narrow_net(double tolerance) {
     }
 }
 
+/// The Net's MoE layers on the GPU against the CPU's, stored in T: the same routing of
+/// every MoE layer (the router is the CPU's, on the GPU's logits), the output within
+/// `tolerance` and each parameter's gradient within 10× that (worst relative difference).
+template <class Net, class T>
+void check_moe_net(std::size_t max_batch, std::size_t batch, const ds::nn::MoESettings& settings, double tolerance) {
+    using Stored = typename Net::template with_storage<T>;
+    ds::Rng rng(51);
+    std::vector<float> params(Net::param_count);
+    Net::init(params.data(), rng);
+    params = rounded<T>(params);
+    const auto x = rounded<T>(uniform(batch * Net::input_shape::size, 52));
+    const auto dy = rounded<T>(uniform(batch * Net::output_shape::size, 53, 0.1f));
+    const MoEReferenceRun want = moe_reference_run<Net, T>(params, x, dy, max_batch, batch, settings);
+
+    ds::cuda::Stream stream;
+    ds::cuda::Gemm gemm;
+    ds::cuda::DeviceSequential<Stored> net(max_batch, {stream.get(), &gemm});
+    net.configure_moe(settings);
+    auto d_params = to_device_as<T>(params), d_x = to_device_as<T>(x), d_dy = to_device_as<T>(dy);
+    DS_CUDA_CHECK(cudaDeviceSynchronize());
+    ds::cuda::DeviceBuffer<float> d_grads(params.size());
+    DS_CUDA_CHECK(cudaMemsetAsync(d_grads.data(), 0, d_grads.bytes(), stream));
+    const T* y = net.forward(d_x.data(), batch, d_params.data());
+    net.backward(d_dy.data(), d_params.data(), d_grads.data());
+    stream.synchronize();
+
+    INFO("k " << settings.k << ", batch " << batch << " of " << max_batch << ", " << sizeof(T) << "-byte values");
+    const auto& moe = net.template layer<moe_layer_index>();
+    for (std::size_t i = 0; i < want.routings.size(); ++i) {
+        INFO("MoE layer " << i);
+        REQUIRE(moe.routing(i).expert == want.routings[i].expert);  // the same tokens to the same experts
+        REQUIRE(moe.routing(i).slot == want.routings[i].slot);
+        CHECK(moe.routing(i).weight.size() == want.routings[i].weight.size());
+    }
+    CHECK(worst_relative(to_host_from(y, want.output.size()), want.output) < tolerance);
+    const auto got_grads = to_host(d_grads.data(), params.size());
+    for (const auto& p : Net::parameters) {
+        INFO(p.name());
+        CHECK(worst_relative(std::span(got_grads).subspan(p.offset, p.numel()),
+                             std::span(want.grads).subspan(p.offset, p.numel())) < 10 * tolerance);
+    }
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
+
+TEST_CASE("MoE layers on the GPU: routing, outputs and gradients of the CPU layers") {
+    using ds::nn::NoisyGate;
+    // Top-1 with RSample noise and random token selection; 16 tokens over 2 experts of capacity 8.
+    check_moe_net<MoENet2, float>(16, 16, {.k = 1, .noisy_gate_policy = NoisyGate::rsample}, 1e-4);
+    check_moe_net<MoENet2, float>(16, 5, {.k = 1, .min_capacity = 1}, 1e-4);  // a partial batch: empty slots
+    // Top-2 with Jitter over PR-MoE's two layers (2 and 4 experts), tokens dropped at capacity 0.5.
+    check_moe_net<PrMoENet, float>(16, 16, {.k = 2, .capacity_factor = 0.5, .noisy_gate_policy = NoisyGate::jitter},
+                                   1e-4);
+    // bf16 values (the layer computes in fp32 and rounds its output once, as the CPU's does).
+    check_moe_net<MoENet2, ds::bf16>(16, 16, {.k = 1}, 1e-2);
+}
+
 
 TEST_CASE("the CIFAR Net stored in bf16 and fp16 on the GPU: outputs and gradients of the fp32 GPU Net") {
     check_narrow_net<cifar10::CifarNet, ds::bf16, float>(2e-2);     // BF16 at stage 0: fp32 gradients

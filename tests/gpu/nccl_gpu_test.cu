@@ -1,7 +1,10 @@
 // ds::comm::Nccl on one GPU: every collective of the communicator concept moves device
 // buffers as a world of one must (reductions are identities, gathers and all-to-alls copy),
 // in fp32, bf16 and int32; sub-groups by ncclCommSplit; the counters count what was asked;
-// an invalid call throws CudaError naming NCCL. Exits 77 without a CUDA device.
+// an invalid call throws CudaError naming NCCL. Then the engine over it: ZeRO stages 2 and 3
+// with overlap_comm, whose reductions and gathers really run on NCCL's stream while the
+// compute stream goes on (the CudaSingle world of the other engine tests completes each
+// call at once), train as stage 0. Exits 77 without a CUDA device.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <cstdint>
 #include <cstdio>
@@ -13,7 +16,12 @@
 #include "device_or_skip.hpp"
 
 #include <ds/comm/nccl.hpp>
+#include <ds/device/cuda/engine.cuh>
 #include <ds/device/cuda/memory.hpp>
+#include <ds/engine/engine.hpp>
+
+#include "cifar10/net.hpp"
+#include "gpu/engine_reference.hpp"
 
 namespace {
 
@@ -73,6 +81,29 @@ TEST_CASE("NCCL, one rank: every collective of the concept, sub-groups, counters
     sub.barrier();
     check_world_of_one<float>(sub);
     CHECK_THROWS_AS(world.broadcast(static_cast<float*>(nullptr), 10, 3), ds::CudaError);  // root 3 of 1
+}
+
+TEST_CASE_TEMPLATE("the engine over NCCL, one rank: stages 2 and 3 with overlap_comm train as stage 0", Z, ds::Zero<2>,
+                   ds::Zero<3>) {
+    constexpr int steps = 20;
+    ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cuda> reference(engine_test_config());
+    const TrainingRun stage0 = train_steps(reference, steps);
+
+    ds::Config cfg = engine_test_config();
+    cfg.zero_optimization.stage = Z::stage;
+    cfg.zero_optimization.reduce_bucket_size = 4096;  // stage 2: buckets in flight on NCCL's stream
+    cfg.zero_optimization.overlap_comm = true;        // stage 3: the next layer's gather prefetched
+    cfg.zero_optimization.stage3_param_persistence_threshold = 1000;
+    ds::Engine<cifar10::CifarNet, ds::Adam<>, Z, ds::FP32, ds::Cuda, ds::comm::Nccl> engine(cfg,
+                                                                                          ds::comm::Nccl::single());
+    const TrainingRun run = train_steps(engine, steps);
+    // Stage 2 reduces through reduce-scatters, stage 3 also gathers every layer: on NCCL here.
+    const auto& counted = engine.communicator().counters();
+    CHECK(counted[ds::comm::Op::reduce_scatter] > 0);
+    if constexpr (Z::stage == 3) CHECK(counted[ds::comm::Op::all_gather] > 0);
+    // Other buffers, alignments and sum orders than stage 0's: rounding apart (see `drift`).
+    CHECK(drift(run, stage0) < 1e-4);
+    CHECK(share_within(run, stage0, 1e-5) > 0.999);
 }
 
 }  // TEST_SUITE

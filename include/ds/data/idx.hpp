@@ -1,6 +1,8 @@
 #pragma once
 /// @file
-/// The IDX format of MNIST and Fashion-MNIST, plain or gzip-compressed.
+/// The IDX format of MNIST and Fashion-MNIST, plain or gzip-compressed (through zlib; a
+/// build without zlib — the GPU check machine may have none — reads plain files and names a
+/// compressed one).
 
 #include <array>
 #include <cstddef>
@@ -9,11 +11,63 @@
 #include <string>
 #include <vector>
 
+#if __has_include(<zlib.h>)
 #include <zlib.h>
+#define DSPP_HAVE_ZLIB 1
+#else
+#include <fstream>
+#define DSPP_HAVE_ZLIB 0
+#endif
 
 #include <ds/data/dataset.hpp>
 
 namespace ds::data {
+
+namespace detail {
+
+/// A file's bytes, gunzipped when it is gzip-compressed.
+class IdxBytes {
+public:
+    /// @throws DataError naming the file when it cannot be opened (or, without zlib, is compressed)
+    explicit IdxBytes(const std::filesystem::path& file) {
+#if DSPP_HAVE_ZLIB
+        in_ = gzopen(file.c_str(), "rb");  // reads plain files transparently too
+        if (!in_) throw DataError(file.string() + ": cannot open the IDX file (missing or unreadable)");
+#else
+        in_.open(file, std::ios::binary);
+        if (!in_) throw DataError(file.string() + ": cannot open the IDX file (missing or unreadable)");
+        if (in_.peek() == 0x1f)
+            throw DataError(file.string() + ": gzip-compressed, and this build has no zlib (install zlib1g-dev and "
+                                            "rebuild, or gunzip the file)");
+#endif
+    }
+    ~IdxBytes() {
+#if DSPP_HAVE_ZLIB
+        gzclose(in_);
+#endif
+    }
+    IdxBytes(const IdxBytes&) = delete;
+    IdxBytes& operator=(const IdxBytes&) = delete;
+
+    /// Reads up to n bytes into `out`; returns how many, or −1 on a read error.
+    long long read(void* out, std::size_t n) {
+#if DSPP_HAVE_ZLIB
+        return gzread(in_, out, static_cast<unsigned>(n));
+#else
+        in_.read(static_cast<char*>(out), static_cast<std::streamsize>(n));
+        return in_.bad() ? -1 : static_cast<long long>(in_.gcount());
+#endif
+    }
+
+private:
+#if DSPP_HAVE_ZLIB
+    gzFile in_ = nullptr;
+#else
+    std::ifstream in_;
+#endif
+};
+
+}  // namespace detail
 
 /// Fashion-MNIST's class names.
 inline const std::vector<std::string> fashion_mnist_classes{"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -31,14 +85,9 @@ struct IdxArray {
 /// Reads an IDX file of unsigned bytes (magic 0x0000 08 NN), gzip-compressed or not.
 /// @throws DataError naming the file when it is missing, not IDX, not bytes or truncated
 inline IdxArray read_idx(const std::filesystem::path& file) {
-    gzFile in = gzopen(file.c_str(), "rb");  // reads plain files transparently too
-    if (!in) throw DataError(file.string() + ": cannot open the IDX file (missing or unreadable)");
-    struct Closer {
-        gzFile f;
-        ~Closer() { gzclose(f); }
-    } closer{in};
+    detail::IdxBytes in(file);
     auto read = [&](void* out, std::size_t n, const char* what) {
-        const int got = gzread(in, out, static_cast<unsigned>(n));
+        const long long got = in.read(out, n);
         if (got < 0 || static_cast<std::size_t>(got) != n)
             throw DataError(file.string() + ": truncated " + what + " (read " + std::to_string(got < 0 ? 0 : got) +
                             " of " + std::to_string(n) + " bytes)");
@@ -59,7 +108,7 @@ inline IdxArray read_idx(const std::filesystem::path& file) {
     a.values.resize(count);
     read(a.values.data(), count, "data");
     std::uint8_t extra = 0;
-    if (gzread(in, &extra, 1) != 0) throw DataError(file.string() + ": trailing bytes after the IDX data");
+    if (in.read(&extra, 1) != 0) throw DataError(file.string() + ": trailing bytes after the IDX data");
     return a;
 }
 

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <ds/comm/expert_parallel.hpp>
 #include <ds/config/config.hpp>
 #include <ds/device/cpu/convert.hpp>
 #include <ds/engine/flat_optimizer.hpp>
@@ -52,6 +53,11 @@ struct DeviceTraits<Cpu> {
     template <class Optimizer>
     static Optimizer make_optimizer(Context&, const typename Optimizer::Hyper& hyper, std::size_t elements) {
         return Optimizer(hyper, elements);
+    }
+    /// An all-to-all of host values over the expert-parallel group (blocks of n).
+    static void all_to_all_from_host(comm::ExpertExchange& group, const float* in, float* out, std::size_t n,
+                                     Context&) {
+        group.all_to_all(in, out, n);
     }
 
     /// A batch into the model's dtype and the outputs back as fp32, through host buffers.

@@ -75,7 +75,7 @@ struct MemoryReport {
 ///
 /// The device policy `D` picks, through `DeviceTraits<D>`, where the model runs and where
 /// its states live: `Cpu`, or `Cuda` with `ds/device/cuda/engine.cuh` included (every ZeRO
-/// stage and precision, no MoE yet; the communicator must take device buffers:
+/// stage, precision and MoE layer; the communicator must take device buffers:
 /// `comm::Single`, which runs as `comm::CudaSingle`, `comm::Nccl`, `comm::CudaMpi`).
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
@@ -259,7 +259,7 @@ public:
                                   n = Model::expert_param_count;
             std::vector<float> send(ep * n), received(ep * n);
             for (std::size_t rho = 0; rho < ep; ++rho) std::copy_n(mine.begin() + dense, n, send.begin() + rho * n);
-            expert_parallel_->all_to_all(send.data(), received.data(), n);
+            traits::all_to_all_from_host(*expert_parallel_, send.data(), received.data(), n, device_);
             std::vector<float> all(full_model_type::param_count);
             std::copy_n(mine.begin(), dense, all.begin());
             for (std::size_t rho = 0; rho < ep; ++rho)

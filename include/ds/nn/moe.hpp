@@ -21,6 +21,7 @@
 #include <ds/comm/expert_parallel.hpp>
 #include <ds/device/cpu/gemm.hpp>
 #include <ds/nn/gating.hpp>
+#include <ds/nn/math/moe.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -50,6 +51,67 @@ struct MoETimings {
     double gate = 0.0;               ///< gate GEMM and routing
     double first_all_to_all = 0.0;   ///< tokens to their experts
     double second_all_to_all = 0.0;  ///< expert outputs back
+};
+
+/// The run-time half of an MoE layer, shared by the CPU layer and the GPU one
+/// (`cuda::DeviceLayer<BasicMoE<...>>`): the settings, the training mode and the one
+/// generator of the gates' noise and token selection, so both route the same logits the
+/// same way and draw the same numbers in the same order.
+class MoERouter {
+public:
+    /// Applies `settings` to layers whose smallest has `fewest_experts` experts, and
+    /// restarts the draws from its seed.
+    /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert or a
+    /// negative capacity
+    void configure(const MoESettings& settings, std::size_t fewest_experts) {
+        if (settings.k != 1 && settings.k != 2)
+            throw std::invalid_argument("MoE: k = " + std::to_string(settings.k) + "; DeepSpeed's MoE takes 1 or 2");
+        if (settings.k == 2 && fewest_experts < 2)
+            throw std::invalid_argument("MoE: top-2 gating needs at least 2 experts in every MoE layer");
+        if (settings.min_capacity < 0 || settings.capacity_factor <= 0 || settings.eval_capacity_factor <= 0)
+            throw std::invalid_argument("MoE: capacity factors must be positive and min_capacity not negative");
+        settings_ = settings;
+        rng_ = Rng(settings.seed);
+    }
+    const MoESettings& settings() const { return settings_; }
+    void set_training(bool training) { training_ = training; }
+    bool training() const { return training_; }
+
+    /// Whether the gate sees its input × U(0.99, 1.01) (`NoisyGate::jitter`, in training).
+    bool jittered() const { return training_ && settings_.noisy_gate_policy == NoisyGate::jitter; }
+    /// The jitter factors of `n` input values, drawn before the routing's own draws.
+    void draw_jitter(float* factors, std::size_t n) {
+        for (std::size_t j = 0; j < n; ++j) factors[j] = rng_.uniform(0.99f, 1.01f);
+    }
+
+    /// Top-1 or top-2 routing (`settings().k`) of `logits`, rows of `experts`, with the
+    /// training or eval capacity factor.
+    Routing route(std::span<const float> logits, std::size_t experts) {
+        const MoESettings& o = settings_;
+        const double cf = training_ ? o.capacity_factor : o.eval_capacity_factor;
+        const auto min_capacity = static_cast<std::size_t>(o.min_capacity);
+        if (o.k == 1) {
+            const NoisyGate noise =
+                training_ && o.noisy_gate_policy == NoisyGate::rsample ? NoisyGate::rsample : NoisyGate::none;
+            return top1_gating(logits, experts, cf, min_capacity, noise, o.drop_tokens, o.use_rts, rng_);
+        }
+        return top2_gating(logits, experts, cf, min_capacity, o.drop_tokens, o.second_expert_sampling, rng_);
+    }
+
+    /// Rows per (rank, expert) block of the all-to-all over `experts`: the largest capacity
+    /// any batch up to `max_batch` can have, training or eval, so every rank sends the same
+    /// block size whatever its batch.
+    std::size_t block(std::size_t max_batch, std::size_t experts) const {
+        const double cf = std::max(settings_.capacity_factor, settings_.eval_capacity_factor);
+        if (!settings_.drop_tokens) return max_batch;
+        return std::min(max_batch, expert_capacity(max_batch, experts, cf, static_cast<std::size_t>(settings_.k),
+                                                   static_cast<std::size_t>(settings_.min_capacity)));
+    }
+
+private:
+    MoESettings settings_{};
+    Rng rng_{settings_.seed};
+    bool training_ = true;
 };
 
 namespace detail {
@@ -231,38 +293,35 @@ struct BasicMoE {
             if (residual) std::copy(draw.begin(), draw.end(), w + offset_of_mlp());
         }
 
-        void set_training(bool training) { training_ = training; }
+        void set_training(bool training) { router_.set_training(training); }
 
         /// This rank's expert-parallel group (Ep ranks; `ds::Engine` builds it), over which
         /// the tokens travel. With Ep > 1 every forward and backward is collective over it.
         /// @throws std::invalid_argument when the group is not of Ep ranks
         void set_expert_parallel_group(comm::ExpertExchange* group) {
+            check_expert_parallel_group(group);
+            group_ = group;
+        }
+        /// @throws std::invalid_argument unless `group` fits a layer split over Ep ranks
+        static void check_expert_parallel_group(const comm::ExpertExchange* group) {
             if constexpr (Ep > 1) {
                 if (!group || static_cast<std::size_t>(group->size()) != Ep)
                     throw std::invalid_argument("MoE: ep_size " + std::to_string(Ep) +
                                                 " needs an expert-parallel group of that size");
-                group_ = group;
             } else if (group && group->size() != 1) {
                 throw std::invalid_argument("MoE: an expert-parallel group of " + std::to_string(group->size()) +
                                             " ranks for a layer built with ep_size 1 (with_expert_parallel<N>)");
             }
         }
 
-        /// Applies `settings`.
+        /// Applies `settings` (`MoERouter::configure`).
         /// @throws std::invalid_argument for k outside {1, 2}, top-2 over one expert or a
         /// negative capacity
         void configure(const MoESettings& settings) {
-            if (settings.k != 1 && settings.k != 2)
-                throw std::invalid_argument("MoE: k = " + std::to_string(settings.k) + "; DeepSpeed's MoE takes 1 or 2");
-            if (settings.k == 2 && *std::min_element(experts.begin(), experts.end()) < 2)
-                throw std::invalid_argument("MoE: top-2 gating needs at least 2 experts in every MoE layer");
-            if (settings.min_capacity < 0 || settings.capacity_factor <= 0 || settings.eval_capacity_factor <= 0)
-                throw std::invalid_argument("MoE: capacity factors must be positive and min_capacity not negative");
-            settings_ = settings;
-            rng_ = Rng(settings.seed);
+            router_.configure(settings, *std::min_element(experts.begin(), experts.end()));
             resize_exchange_buffers();
         }
-        const MoESettings& settings() const { return settings_; }
+        const MoESettings& settings() const { return router_.settings(); }
 
         void forward(const float* x, float* y, std::size_t batch, const float* w, const float* experts_w) {
             // Each layer keeps its input for the backward: layer 0 copies x, the others are
@@ -300,7 +359,6 @@ struct BasicMoE {
         const MoETimings& timings() const { return timings_; }
         void reset_timings() { timings_ = {}; }
 
-    private:
         // Dense offsets as `Sequential` lays out `params`: gate, [mlp], [coefficient] per layer.
         static constexpr std::size_t offset_of_gate(std::size_t i) {
             std::size_t at = 0;
@@ -321,6 +379,7 @@ struct BasicMoE {
             return at + lambda * expert_size;
         }
 
+    private:
         /// This rank's kept tokens for one expert, in slot order (the kept slots of every
         /// expert are a prefix 0, 1, ..., n−1: top-1 and top-2 number them by cumsum).
         struct Queue {
@@ -354,12 +413,7 @@ struct BasicMoE {
             std::size_t widest = 0;
             for (std::size_t i = 0; i < layers; ++i) {
                 LayerState& l = state_[i];
-                const double cf = std::max(settings_.capacity_factor, settings_.eval_capacity_factor);
-                l.block = settings_.drop_tokens
-                              ? std::min(max_batch_, expert_capacity(max_batch_, experts[i], cf,
-                                                                     static_cast<std::size_t>(settings_.k),
-                                                                     static_cast<std::size_t>(settings_.min_capacity)))
-                              : max_batch_;
+                l.block = router_.block(max_batch_, experts[i]);
                 l.local.resize(local_experts[i]);
                 for (auto& e : l.local) {
                     e.layer.reserve(ep() * l.block);
@@ -408,22 +462,6 @@ struct BasicMoE {
             });
         }
 
-        bool jittered() const { return training_ && settings_.noisy_gate_policy == NoisyGate::jitter; }
-
-        Routing route(std::size_t i, std::size_t batch) {
-            LayerState& l = state_[i];
-            const MoESettings& o = settings_;
-            const double cf = training_ ? o.capacity_factor : o.eval_capacity_factor;
-            const std::span<const float> logits(l.logits.data(), batch * experts[i]);
-            const auto min_capacity = static_cast<std::size_t>(o.min_capacity);
-            if (o.k == 1) {
-                const NoisyGate noise =
-                    training_ && o.noisy_gate_policy == NoisyGate::rsample ? NoisyGate::rsample : NoisyGate::none;
-                return top1_gating(logits, experts[i], cf, min_capacity, noise, o.drop_tokens, o.use_rts, rng_);
-            }
-            return top2_gating(logits, experts[i], cf, min_capacity, o.drop_tokens, o.second_expert_sampling, rng_);
-        }
-
         void forward_layer(std::size_t i, const float* x, float* y, std::size_t batch, const float* w,
                            const float* experts_w) {
             if (Ep > 1 && !group_)
@@ -435,16 +473,14 @@ struct BasicMoE {
             const auto gate_start = clock::now();
             // Gate, in fp32 (Jitter: the gate sees x · U(0.99, 1.01) in training).
             const float* gate_x = x;
-            if (jittered()) {
-                for (std::size_t j = 0; j < batch * M; ++j) {
-                    l.jitter[j] = rng_.uniform(0.99f, 1.01f);
-                    l.gate_input[j] = x[j] * l.jitter[j];
-                }
+            if (router_.jittered()) {
+                router_.draw_jitter(l.jitter.data(), batch * M);
+                for (std::size_t j = 0; j < batch * M; ++j) l.gate_input[j] = x[j] * l.jitter[j];
                 gate_x = l.gate_input.data();
             }
             cpu::gemm(cpu::Op::none, cpu::Op::transpose, batch, E, M, 1.0f, gate_x, M, w + offset_of_gate(i), M, 0.0f,
                       l.logits.data(), E);
-            l.routing = route(i, batch);
+            l.routing = router_.route({l.logits.data(), batch * E}, E);
             const Routing& r = l.routing;
             for (auto& q : l.queues) q.tokens.clear(), q.choices.clear();
             for (std::size_t s = 0; s < batch; ++s)
@@ -507,10 +543,7 @@ struct BasicMoE {
                 cpu::gemm(cpu::Op::none, cpu::Op::transpose, batch, 2, M, 1.0f, x, M, wc, M, 0.0f, l.coef.data(), 2);
                 for (std::size_t s = 0; s < batch; ++s) {
                     float* c = l.coef.data() + 2 * s;
-                    const float a = c[0] + wc[2 * M], b = c[1] + wc[2 * M + 1];
-                    const float top = std::max(a, b), ea = std::exp(a - top), eb = std::exp(b - top);
-                    c[0] = ea / (ea + eb);
-                    c[1] = eb / (ea + eb);
+                    math::residual_coefficients(c[0] + wc[2 * M], c[1] + wc[2 * M + 1], c);
                     for (std::size_t m = 0; m < M; ++m)
                         y[s * M + m] = l.moe_out[s * M + m] * c[0] + l.mlp_out[s * M + m] * c[1];
                 }
@@ -534,20 +567,9 @@ struct BasicMoE {
                 float* const scaled = scaled_.data();
                 float* const d_mlp = d_mlp_.data();
                 float* const dz = dz_.data();
-                for (std::size_t s = 0; s < batch; ++s) {
-                    const float* c = l.coef.data() + 2 * s;
-                    double dc0 = 0, dc1 = 0;
-                    for (std::size_t m = 0; m < M; ++m) {
-                        const float g = dy[s * M + m];
-                        scaled[s * M + m] = g * c[0];
-                        d_mlp[s * M + m] = g * c[1];
-                        dc0 += double(g) * l.moe_out[s * M + m];
-                        dc1 += double(g) * l.mlp_out[s * M + m];
-                    }
-                    const double dot = c[0] * dc0 + c[1] * dc1;
-                    dz[2 * s] = static_cast<float>(c[0] * (dc0 - dot));
-                    dz[2 * s + 1] = static_cast<float>(c[1] * (dc1 - dot));
-                }
+                for (std::size_t s = 0; s < batch; ++s)
+                    math::residual_backward(dy + s * M, l.coef.data() + 2 * s, l.moe_out.data() + s * M,
+                                            l.mlp_out.data() + s * M, M, scaled + s * M, d_mlp + s * M, dz + 2 * s);
                 const float* wc = w + offset_of_coefficient(i);
                 float* dwc = dw + offset_of_coefficient(i);
                 cpu::gemm(cpu::Op::transpose, cpu::Op::none, 2, M, batch, 1.0f, dz, 2, x, M, 1.0f, dwc, M);
@@ -599,7 +621,7 @@ struct BasicMoE {
             }
             // Gate: d logits from the weights (l_aux is not trained on), then through x·Wgᵀ.
             const auto d_logits = gating_backward(r, d_weight);
-            const bool jitter = jittered();
+            const bool jitter = router_.jittered();
             const float* gate_x = jitter ? l.gate_input.data() : x;
             cpu::gemm(cpu::Op::transpose, cpu::Op::none, E, M, batch, 1.0f, d_logits.data(), E, gate_x, M, 1.0f,
                       dw + offset_of_gate(i), M);
@@ -617,9 +639,7 @@ struct BasicMoE {
         expert_t mlp_{};
         std::vector<float> work_, work2_;  ///< the running gradient between MoE layers
         std::vector<float> scaled_, d_mlp_, mlp_dx_, gate_dx_, dz_, d_weight_;  ///< backward work
-        bool training_ = true;
-        MoESettings settings_{};
-        Rng rng_{settings_.seed};
+        MoERouter router_;
     };
 };
 

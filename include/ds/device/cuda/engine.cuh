@@ -5,7 +5,8 @@
 /// parameters, gradients and optimizer states live in device memory, and the step is the
 /// CPU engine's own (clipping, loss scaling, skipping, schedule) and so are the ZeRO stages:
 /// `ZeroState` over `cuda::DeviceMemory`, with `cuda::FlatOptimizer`. Every precision and
-/// ZeRO stage runs; MoE layers do not yet. The communicator must take device buffers
+/// ZeRO stage runs, and MoE layers (`cuda::DeviceLayer<nn::BasicMoE>`, expert parallelism
+/// over the communicator's groups). The communicator must take device buffers
 /// (`comm::Nccl`, `comm::CudaMpi`; a `comm::Single` world becomes `comm::CudaSingle`).
 ///
 /// ```cpp
@@ -90,13 +91,6 @@ std::vector<float> broadcast_initial(Comm& world, std::span<const float> initial
     return agreed;
 }
 
-/// The GPU network for a model stored in T; says what is not built yet.
-template <class Model, class T>
-struct NetworkFor {
-    static_assert(Model::expert_param_count == 0, "ds::Cuda: MoE layers on the GPU are not built yet");
-    using type = DeviceSequential<typename Model::template with_storage<T>>;
-};
-
 }  // namespace cuda
 
 template <>
@@ -110,7 +104,7 @@ struct DeviceTraits<Cuda> {
     using communicator = std::conditional_t<std::is_same_v<Comm, comm::Single>, comm::CudaSingle, Comm>;
 
     template <class Model, class T>
-    using network = typename cuda::NetworkFor<Model, T>::type;
+    using network = cuda::DeviceSequential<typename Model::template with_storage<T>>;
     /// The CPU engine's own ZeRO stages, over device buffers on the compute stream.
     template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
     using state = ZeroState<Z, P, Model, Comm, cuda::DeviceMemory>;
@@ -132,6 +126,17 @@ struct DeviceTraits<Cuda> {
     template <class Optimizer>
     static Optimizer make_optimizer(Context& ctx, const typename Optimizer::Hyper& hyper, std::size_t elements) {
         return Optimizer(hyper, elements, ctx.stream());
+    }
+    /// An all-to-all of host values over the expert-parallel group, whose communicator
+    /// takes device buffers: staged through the device.
+    static void all_to_all_from_host(comm::ExpertExchange& group, const float* in, float* out, std::size_t n,
+                                     Context& ctx) {
+        const std::size_t total = n * static_cast<std::size_t>(group.size());
+        cuda::DeviceBuffer<float> send(total), received(total);
+        send.copy_from({in, total}, ctx.stream());
+        DS_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));  // the group's collectives are not ordered after it
+        group.all_to_all(send.data(), received.data(), n);
+        received.copy_to({out, total}, ctx.stream());
     }
 
     /// A batch uploaded to the device and cast to the model's T there, the logits cast to

@@ -69,11 +69,13 @@ public:
             release_device(device_);
             lock.lock();
             const cudaError_t status = cudaMalloc(&p, size);
-            if (status != cudaSuccess)
+            if (status != cudaSuccess) {
+                (void)cudaGetLastError();  // so the next launch check does not report this failure
                 throw CudaError("CUDA", "cudaMalloc",
                                 std::string(cudaGetErrorString(status)) + " allocating " + std::to_string(size) +
                                     " bytes with " + std::to_string(allocated_bytes_) + " in use",
                                 __FILE__, __LINE__);
+            }
         }
         live_[p] = size;
         allocated_bytes_ += size;

@@ -17,6 +17,7 @@
 #include <ds/device/cuda/error.hpp>
 #include <ds/device/cuda/layers.cuh>
 #include <ds/device/cuda/memory.hpp>
+#include <ds/device/cuda/moe.cuh>
 #include <ds/nn/sequential.hpp>
 
 namespace ds::cuda {
@@ -42,7 +43,6 @@ class DeviceSequential<nn::BasicSequential<T, Input, Layers...>> {
 public:
     using model_type = nn::BasicSequential<T, Input, Layers...>;
     using value_type = T;
-    static_assert(!model_type::contains_moe, "ds::cuda::DeviceSequential: MoE layers have no CUDA implementation yet");
     using input_shape = typename model_type::input_shape;
     using output_shape = typename model_type::output_shape;
     using LayerRange = typename model_type::LayerRange;
@@ -69,6 +69,9 @@ private:
     /// so it costs no buffer and no copy either way.
     template <std::size_t I>
     static constexpr bool passes_through = std::is_same_v<unbound_t<I>, nn::Flatten>;
+    /// An MoE layer: its experts are a second parameter range (`Model::expert_ranges`).
+    template <std::size_t I>
+    static constexpr bool has_experts = model_type::expert_ranges[I].count > 0;
 
 public:
     /// Activations and work buffers for batches of up to `max_batch` samples, on `ctx`'s stream.
@@ -86,8 +89,37 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
     LayerContext& context() { return ctx_; }
-    /// No layer of the Net behaves differently in eval (MoE has no CUDA layer yet).
-    void set_training(bool) {}
+    /// Training or eval mode for the layers that behave differently (the MoE gates' noise
+    /// and capacity factor), like `module.train(mode)`.
+    void set_training(bool training) {
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
+        });
+    }
+    /// Applies `settings` to every MoE layer (`nn::MoESettings`).
+    template <class Settings>
+    void configure_moe(const Settings& settings) {
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
+        });
+    }
+    /// Hands every MoE layer this rank's expert-parallel group (`ds::Engine` does).
+    template <class Group>
+    void set_expert_parallel_group(Group* group) {
+        for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.set_expert_parallel_group(group); }) layer.set_expert_parallel_group(group);
+        });
+    }
+    /// Calls `f(layer)` for every device layer, in order.
+    template <class F>
+    void for_each_layer(F&& f) {
+        std::apply([&](auto&... layer) { (f(layer), ...); }, layers_);
+    }
+    /// Device layer I itself (for tests and inspection, e.g. an MoE layer's routing).
+    template <std::size_t I>
+    auto& layer() {
+        return std::get<I>(layers_);
+    }
     /// Bytes of activations and backward work buffers on the device.
     std::size_t buffer_bytes() const {
         std::size_t n = grad_a_.bytes() + grad_b_.bytes();
@@ -148,11 +180,18 @@ private:
     template <std::size_t I, class Hooks>
     void forward_layer(Hooks& hooks) {
         if constexpr (!passes_through<I>) {
-            constexpr LayerRange range = model_type::layer_ranges[I];
+            constexpr LayerRange range = model_type::layer_ranges[I], experts = model_type::expert_ranges[I];
             const T* w = nullptr;
             if constexpr (range.count > 0) w = hooks.parameters(range);
-            std::get<I>(layers_).forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
+            auto& layer = std::get<I>(layers_);
+            if constexpr (has_experts<I>) {
+                const T* we = hooks.parameters(experts);
+                layer.forward(layer_input<I>(), activations_[I].data(), batch_, w, we, ctx_);
+            } else {
+                layer.forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
+            }
             if constexpr (range.count > 0) hooks.forward_done(range);
+            if constexpr (has_experts<I>) hooks.forward_done(experts);
         }
     }
 
@@ -163,16 +202,21 @@ private:
         if constexpr (passes_through<I>) {
             if constexpr (I > 0) backward_from<I - 1>(dy, dx, spare, hooks);
         } else {
-            constexpr LayerRange range = model_type::layer_ranges[I];
+            constexpr LayerRange range = model_type::layer_ranges[I], experts = model_type::expert_ranges[I];
             const T* w = nullptr;
             decltype(hooks.gradients(range)) dw = nullptr;
             if constexpr (range.count > 0) {
                 w = hooks.parameters(range);
                 dw = hooks.gradients(range);
             }
-            std::get<I>(layers_).backward(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, batch_,
-                                          w, dw, ctx_);
+            auto& layer = std::get<I>(layers_);
+            T* into = I == 0 ? nullptr : dx;
+            if constexpr (has_experts<I>)
+                layer.backward(layer_input<I>(), activations_[I].data(), dy, into, batch_, w, dw,
+                               hooks.parameters(experts), hooks.gradients(experts), ctx_);
+            else layer.backward(layer_input<I>(), activations_[I].data(), dy, into, batch_, w, dw, ctx_);
             if constexpr (range.count > 0) hooks.backward_done(range);
+            if constexpr (has_experts<I>) hooks.backward_done(experts);
             if constexpr (I > 0) backward_from<I - 1>(dx, spare, dx, hooks);
         }
     }

@@ -107,6 +107,20 @@ std::vector<float> to_host_from(const T* device, std::size_t n) {
     return {host.begin(), host.end()};
 }
 
+/// Parameters (PyTorch's initialisation, seeded by `seed`), inputs and output gradients for
+/// `batch` samples (seeds `seed` + 1 and + 2), all rounded to T.
+struct RoundedCase {
+    std::vector<float> params, x, dy;
+};
+template <class Net, class T>
+RoundedCase rounded_case(std::size_t batch, std::uint64_t seed) {
+    ds::Rng rng(seed);
+    std::vector<float> params(Net::param_count);
+    Net::init(params.data(), rng);
+    return {rounded<T>(params), rounded<T>(uniform(batch * Net::input_shape::size, seed + 1)),
+            rounded<T>(uniform(batch * Net::output_shape::size, seed + 2, 0.1f))};
+}
+
 /// ‖got − want‖ / ‖want‖.
 double norm_relative(std::span<const float> got, std::span<const float> want) {
     double apart = 0, size = 0;
@@ -124,12 +138,7 @@ template <class Net, class T, class G>
 void check_narrow_net(double tolerance) {
     using Narrow = typename Net::template with_storage<T>;
     constexpr std::size_t batch = 16;
-    ds::Rng rng(41);
-    std::vector<float> params(Net::param_count);
-    Net::init(params.data(), rng);
-    params = rounded<T>(params);
-    const auto x = rounded<T>(uniform(batch * Net::input_shape::size, 42));
-    const auto dy = rounded<T>(uniform(batch * Net::output_shape::size, 43, 0.1f));
+    const auto [params, x, dy] = rounded_case<Net, T>(batch, 41);
 
     ds::cuda::Stream stream;
     ds::cuda::Gemm gemm;
@@ -164,12 +173,7 @@ void check_narrow_net(double tolerance) {
 template <class Net, class T>
 void check_moe_net(std::size_t max_batch, std::size_t batch, const ds::nn::MoESettings& settings, double tolerance) {
     using Stored = typename Net::template with_storage<T>;
-    ds::Rng rng(51);
-    std::vector<float> params(Net::param_count);
-    Net::init(params.data(), rng);
-    params = rounded<T>(params);
-    const auto x = rounded<T>(uniform(batch * Net::input_shape::size, 52));
-    const auto dy = rounded<T>(uniform(batch * Net::output_shape::size, 53, 0.1f));
+    const auto [params, x, dy] = rounded_case<Net, T>(batch, 51);
     const MoEReferenceRun want = moe_reference_run<Net, T>(params, x, dy, max_batch, batch, settings);
 
     ds::cuda::Stream stream;

@@ -132,6 +132,38 @@ struct WithEp<Named<Name, L>, Ep> {
 
 }  // namespace detail
 
+/// What a model hands every layer that takes it — the training mode, MoE settings, the
+/// expert-parallel group — through the model's `for_each_layer`. Shared by
+/// `nn::BasicSequential` and `cuda::DeviceSequential` (CRTP).
+template <class Model>
+class LayerSettings {
+public:
+    /// Training or eval mode for the layers that behave differently (the MoE gates' noise
+    /// and capacity factor), like `module.train(mode)`.
+    void set_training(bool training) {
+        model().for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
+        });
+    }
+    /// Applies `settings` to every layer that takes them (`ds::nn::MoE::configure`).
+    template <class Settings>
+    void configure_moe(const Settings& settings) {
+        model().for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
+        });
+    }
+    /// Hands every MoE layer this rank's expert-parallel group (`ds::Engine` does).
+    template <class Group>
+    void set_expert_parallel_group(Group* group) {
+        model().for_each_layer([&](auto& layer) {
+            if constexpr (requires { layer.set_expert_parallel_group(group); }) layer.set_expert_parallel_group(group);
+        });
+    }
+
+private:
+    Model& model() { return static_cast<Model&>(*this); }
+};
+
 /// Layers applied in order to an `Input`-shaped sample. Each layer's output shape is
 /// inferred from its input shape, and a mismatch stops compilation in that layer's
 /// `static_assert`. Parameters live in one flat buffer that the caller owns (the engine's
@@ -149,7 +181,7 @@ struct WithEp<Named<Name, L>, Ep> {
 /// into the caller's accumulation buffer, whose dtype the hooks choose.
 /// `Sequential<Input, Layers...>` is the fp32 model; the engine rebinds it with `with_storage`.
 template <class T, class Input, class... Layers>
-class BasicSequential {
+class BasicSequential : public LayerSettings<BasicSequential<T, Input, Layers...>> {
     using chain = detail::Chain<Input, Layers...>;
     using layer_tuple = typename chain::layers;
     static constexpr std::size_t layer_count = sizeof...(Layers);
@@ -320,29 +352,6 @@ public:
         const std::size_t work = x32_.size() + y32_.size() + dy32_.size() + dx32_.size() + w32_.size() + dw32_.size() +
                                  we32_.size() + dwe32_.size();
         return n * sizeof(T) + work * sizeof(float);
-    }
-
-    /// Training or eval mode for the layers that behave differently (the MoE gates' noise
-    /// and capacity factor), like `module.train(mode)`.
-    void set_training(bool training) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
-        });
-    }
-
-    /// Applies `settings` to every layer that takes them (`ds::nn::MoE::configure`).
-    template <class Settings>
-    void configure_moe(const Settings& settings) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
-        });
-    }
-    /// Hands every MoE layer this rank's expert-parallel group (`ds::Engine` does).
-    template <class Group>
-    void set_expert_parallel_group(Group* group) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.set_expert_parallel_group(group); }) layer.set_expert_parallel_group(group);
-        });
     }
 
     /// Calls `f(layer)` for every layer, in order.

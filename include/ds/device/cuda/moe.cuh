@@ -85,17 +85,22 @@ struct ChoiceOrder {
     }
 };
 
-/// out[s][m] = Σ over s's kept choices of weight · the expert's output row.
-struct MoECombine {
+/// out[s][m] (+)= Σ over s's kept choices, in expert order, of (weight ·) the choice's row:
+/// the combine (weighted, into a fresh output) and the input gradients' way back to the
+/// tokens (unweighted, added to what the residual and gate parts left there).
+struct MoEGather {
     MoEIndex ix;
-    const float* returned;
+    const float* rows;
     float* out;
+    bool weighted, add;
     __device__ void operator()(std::size_t i) const {
         const std::size_t s = i / ix.m, m = i % ix.m;
         const ChoiceOrder order(ix, s);
-        float sum = 0.0f;
-        for (int t = 0; t < order.n; ++t)
-            sum = __fadd_rn(sum, __fmul_rn(ix.weight[order.choice[t]], returned[order.row[t] * ix.m + m]));
+        float sum = add ? out[i] : 0.0f;
+        for (int t = 0; t < order.n; ++t) {
+            const float v = rows[order.row[t] * ix.m + m];
+            sum = __fadd_rn(sum, weighted ? __fmul_rn(ix.weight[order.choice[t]], v) : v);
+        }
         out[i] = sum;
     }
 };
@@ -124,20 +129,6 @@ struct MoEWeightGradient {
             for (std::size_t m = 0; m < ix.m; ++m)
                 dot += double(d_out[(c / ix.k) * ix.m + m]) * returned[static_cast<std::size_t>(r) * ix.m + m];
         d_weight[c] = static_cast<float>(dot);
-    }
-};
-
-/// dx[s][m] += the expert input gradients of s's kept choices, in expert order.
-struct MoEGatherGradient {
-    MoEIndex ix;
-    const float* dx_rows;
-    float* dx;
-    __device__ void operator()(std::size_t i) const {
-        const std::size_t s = i / ix.m, m = i % ix.m;
-        const ChoiceOrder order(ix, s);
-        float sum = dx[i];
-        for (int t = 0; t < order.n; ++t) sum = __fadd_rn(sum, dx_rows[order.row[t] * ix.m + m]);
-        dx[i] = sum;
     }
 };
 
@@ -490,7 +481,7 @@ private:
         }
 
         if constexpr (residual) {
-            detail::for_each_index(batch * M, detail::MoECombine{ix, l.returned.data(), l.moe_out.data()}, stream);
+            detail::for_each_index(batch * M, detail::MoEGather{ix, l.returned.data(), l.moe_out.data(), true, false}, stream);
             mlp_.forward(x, l.mlp_out.data(), batch, w + layer_t::offset_of_mlp(), ctx);
             const float* wc = w + layer_t::offset_of_coefficient(i);
             gemm(Op::none, Op::transpose, batch, 2, M, 1.0f, x, M, wc, M, 0.0f, l.coef_z.data(), 2, stream);
@@ -499,7 +490,7 @@ private:
                                                        l.coef.data(), y, M},
                                    stream);
         } else {
-            detail::for_each_index(batch * M, detail::MoECombine{ix, l.returned.data(), y}, stream);
+            detail::for_each_index(batch * M, detail::MoEGather{ix, l.returned.data(), y, true, false}, stream);
         }
     }
 
@@ -555,7 +546,7 @@ private:
             detail::for_each_index(E * B * M, detail::SwapBlocks{inbox_.data(), outbox_.data(), L, Ep, B * M}, stream);
             exchange(outbox_.data(), dx_rows_.data(), E * B * M, stream);
         }
-        detail::for_each_index(batch * M, detail::MoEGatherGradient{ix, dx_rows_.data(), dx}, stream);
+        detail::for_each_index(batch * M, detail::MoEGather{ix, dx_rows_.data(), dx, false, true}, stream);
 
         // Gate: d logits from the weights on the host (l_aux is not trained on), then through x·Wgᵀ.
         DS_CUDA_CHECK(cudaMemcpyAsync(host_d_weight_.data(), d_weight_.data(), batch * k * sizeof(float),

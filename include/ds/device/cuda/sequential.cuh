@@ -39,7 +39,8 @@ template <class Model>
 class DeviceSequential;
 
 template <class T, class Input, class... Layers>
-class DeviceSequential<nn::BasicSequential<T, Input, Layers...>> {
+class DeviceSequential<nn::BasicSequential<T, Input, Layers...>>
+    : public nn::LayerSettings<DeviceSequential<nn::BasicSequential<T, Input, Layers...>>> {
 public:
     using model_type = nn::BasicSequential<T, Input, Layers...>;
     using value_type = T;
@@ -89,27 +90,6 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
     LayerContext& context() { return ctx_; }
-    /// Training or eval mode for the layers that behave differently (the MoE gates' noise
-    /// and capacity factor), like `module.train(mode)`.
-    void set_training(bool training) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.set_training(training); }) layer.set_training(training);
-        });
-    }
-    /// Applies `settings` to every MoE layer (`nn::MoESettings`).
-    template <class Settings>
-    void configure_moe(const Settings& settings) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.configure(settings); }) layer.configure(settings);
-        });
-    }
-    /// Hands every MoE layer this rank's expert-parallel group (`ds::Engine` does).
-    template <class Group>
-    void set_expert_parallel_group(Group* group) {
-        for_each_layer([&](auto& layer) {
-            if constexpr (requires { layer.set_expert_parallel_group(group); }) layer.set_expert_parallel_group(group);
-        });
-    }
     /// Calls `f(layer)` for every device layer, in order.
     template <class F>
     void for_each_layer(F&& f) {

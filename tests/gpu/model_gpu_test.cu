@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -168,8 +169,9 @@ void check_narrow_net(double tolerance) {
 }
 
 /// The Net's MoE layers on the GPU against the CPU's, stored in T: the same routing of
-/// every MoE layer (the router is the CPU's, on the GPU's logits), the output within
-/// `tolerance` and each parameter's gradient within 10× that (worst relative difference).
+/// every MoE layer (the router is the CPU's, on the GPU's logits), its combine weights and
+/// the output within `tolerance` (the output in norm) and each parameter's gradient within
+/// 10× that (worst relative difference; in 2-byte T 4× that in norm).
 template <class Net, class T>
 void check_moe_net(std::size_t max_batch, std::size_t batch, const ds::nn::MoESettings& settings, double tolerance) {
     using Stored = typename Net::template with_storage<T>;
@@ -194,14 +196,19 @@ void check_moe_net(std::size_t max_batch, std::size_t batch, const ds::nn::MoESe
         INFO("MoE layer " << i);
         REQUIRE(moe.routing(i).expert == want.routings[i].expert);  // the same tokens to the same experts
         REQUIRE(moe.routing(i).slot == want.routings[i].slot);
-        CHECK(moe.routing(i).weight.size() == want.routings[i].weight.size());
+        const auto& weight = moe.routing(i).weight;
+        REQUIRE(weight.size() == want.routings[i].weight.size());
+        CHECK(worst_relative(weight, want.routings[i].weight) < tolerance);  // softmax of nearly equal logits
     }
-    CHECK(worst_relative(to_host_from(y, want.output.size()), want.output) < tolerance);
+    // The output in norm: one 2-byte rounding flip moves a small value by a few per cent.
+    CHECK(norm_relative(to_host_from(y, want.output.size()), want.output) < tolerance);
     const auto got_grads = to_host(d_grads.data(), params.size());
     for (const auto& p : Net::parameters) {
         INFO(p.name());
-        CHECK(worst_relative(std::span(got_grads).subspan(p.offset, p.numel()),
-                             std::span(want.grads).subspan(p.offset, p.numel())) < 10 * tolerance);
+        const auto got = std::span(got_grads).subspan(p.offset, p.numel());
+        const auto expected = std::span(want.grads).subspan(p.offset, p.numel());
+        if constexpr (std::is_same_v<T, float>) CHECK(worst_relative(got, expected) < 10 * tolerance);
+        else CHECK(norm_relative(got, expected) < 4 * tolerance);  // 2-byte rounding flips: in norm
     }
 }
 

@@ -99,7 +99,7 @@ struct MoEGather {
         float sum = add ? out[i] : 0.0f;
         for (int t = 0; t < order.n; ++t) {
             const float v = rows[order.row[t] * ix.m + m];
-            sum = __fadd_rn(sum, weighted ? __fmul_rn(ix.weight[order.choice[t]], v) : v);
+            sum += weighted ? ix.weight[order.choice[t]] * v : v;
         }
         out[i] = sum;
     }
@@ -266,7 +266,7 @@ struct DeviceLayer<nn::BasicMoE<Ep, Expert, Mlp, Experts...>, Input, T> {
     void set_training(bool training) { router_.set_training(training); }
     /// Applies `settings` (`nn::MoERouter::configure`); the all-to-all blocks follow the capacity.
     void configure(const nn::MoESettings& settings) {
-        if (ctx_.stream) DS_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));  // before the blocks are reallocated
+        DS_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));  // before the blocks are reallocated
         router_.configure(settings, *std::min_element(layer_t::experts.begin(), layer_t::experts.end()));
         resize_exchange_buffers();
     }
@@ -411,7 +411,6 @@ private:
         const std::size_t B = l.block, rows = E * B;
         std::fill_n(l.host_index.begin(), rows + batch * r.k, -1);
         std::fill_n(l.host_weight.begin(), batch * r.k, 0.0f);
-        std::vector<std::size_t> kept(E, 0);
         for (std::size_t s = 0; s < batch; ++s)
             for (std::size_t j = 0; j < r.k; ++j) {
                 if (!r.kept(s, j)) continue;

@@ -1,7 +1,8 @@
 // ds::Engine<..., ds::Cuda>: 50 training steps of the CIFAR Net on the GPU (fp32, ZeRO stage
 // 0, Adam, clipping) against the same 50 steps on the CPU engine, from the same seed and
 // batches: every step's loss and the final parameters. Then the engine's contract on the
-// device: the global norm, the step count, memory in device bytes, the parameters' round trip.
+// device: the global norm, the step count, the parameters' round trip, and a memory report
+// that accounts for every byte of device memory the engine holds.
 // ZeRO stages 1-3 on one GPU (a comm::Single world, which the engine runs as CudaSingle)
 // against stage 0 on the GPU, with buckets and gathers small enough to take many pieces.
 // bf16 and fp16 (loss scaling) on the GPU against the CPU engine in the same precision, and
@@ -23,6 +24,7 @@
 #include "device_or_skip.hpp"
 
 #include <ds/device/cuda/engine.cuh>
+#include <ds/device/cuda/memory.hpp>
 #include <ds/engine/engine.hpp>
 
 #include "cifar10/net.hpp"
@@ -32,6 +34,27 @@ namespace {
 
 using GpuEngine = ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP32, ds::Cuda>;
 
+/// What the caching allocator has handed out and not had back.
+struct DeviceUse {
+    std::size_t bytes, blocks;
+    static DeviceUse now() {
+        const auto& allocator = ds::cuda::CachingAllocator::current();
+        return {allocator.allocated_bytes(), allocator.live_blocks()};
+    }
+};
+
+/// The engine's memory report against the device memory it holds (what the allocator
+/// handed out since `before`, taken before it was built): every buffer counted, none
+/// twice. The allocator rounds each block up to 512 bytes, which the report does not see.
+void check_report_is_device_memory(const ds::MemoryReport& report, const DeviceUse& before) {
+    const DeviceUse now = DeviceUse::now();
+    const std::size_t held = now.bytes - before.bytes, blocks = now.blocks - before.blocks;
+    INFO("report " << report.total() << " bytes (buffers " << report.buffers << "); held " << held << " in "
+                   << blocks << " blocks");
+    CHECK(report.total() <= held);
+    CHECK(held - report.total() < blocks * ds::cuda::CachingAllocator::granularity);
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
@@ -40,6 +63,7 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
     constexpr int steps = 50;
     const TrainingRun cpu = train_on_cpu(steps);
 
+    const DeviceUse before = DeviceUse::now();
     GpuEngine engine(engine_test_config());
     CHECK(engine.world_size() == 1);
     const TrainingRun gpu = train_steps(engine, steps);
@@ -61,6 +85,7 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
     const auto memory = engine.memory_report();
     CHECK(memory.parameters == 4 * cifar10::CifarNet::param_count);
     CHECK(memory.optimizer_states == 8 * cifar10::CifarNet::param_count);  // Adam's m and v
+    check_report_is_device_memory(memory, before);
     engine.set_full_parameters(cpu.params);
     CHECK(engine.full_parameters() == cpu.params);
 }
@@ -70,6 +95,7 @@ TEST_CASE("PR-MoE on the GPU engine (ZeRO stage 2) trains as on the CPU engine: 
     const TrainingRun cpu = train_moe_on_cpu(steps);
     ds::Config cfg = engine_test_config();
     cfg.zero_optimization.stage = 2;  // the experts' gradients reduced as their own group
+    const DeviceUse before = DeviceUse::now();
     ds::Engine<cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>, ds::Adam<>, ds::Zero<2>, ds::FP32, ds::Cuda>
         engine(cfg);
     engine.configure_moe(moe_test_settings());
@@ -82,8 +108,16 @@ TEST_CASE("PR-MoE on the GPU engine (ZeRO stage 2) trains as on the CPU engine: 
     CHECK(worst < 1e-3);
     CHECK(drift(gpu, cpu) < 1e-2);
     CHECK(share_within(gpu, cpu, 2e-3) > 0.99);
-    const auto aux = engine.module().layer<11>().aux_losses();
-    CHECK((aux[0] > 0 && aux[1] > 0));
+    int moe_layers = 0;  // the Net's one MoE layer, found by what only it reports
+    engine.module().for_each_layer([&](const auto& layer) {
+        if constexpr (requires { layer.aux_losses(); }) {
+            const auto aux = layer.aux_losses();
+            CHECK((aux[0] > 0 && aux[1] > 0));
+            ++moe_layers;
+        }
+    });
+    CHECK(moe_layers == 1);
+    check_report_is_device_memory(engine.memory_report(), before);
 }
 
 TEST_CASE_TEMPLATE("ZeRO stages 1-3 on one GPU train as stage 0: 50 steps", Z, ds::Zero<1>, ds::Zero<2>, ds::Zero<3>) {
@@ -93,6 +127,7 @@ TEST_CASE_TEMPLATE("ZeRO stages 1-3 on one GPU train as stage 0: 50 steps", Z, d
 
     ds::Config cfg = engine_test_config();
     cfg.zero_optimization.stage = Z::stage;
+    const DeviceUse before = DeviceUse::now();
     cfg.zero_optimization.reduce_bucket_size = 4096;                 // stage 2: fc1 alone, the rest in pieces
     cfg.zero_optimization.overlap_comm = true;                       // stage 2: two buckets in flight; 3: prefetch
     cfg.zero_optimization.stage3_param_persistence_threshold = 1000;  // stage 3: gather every tensor above 1000
@@ -112,6 +147,7 @@ TEST_CASE_TEMPLATE("ZeRO stages 1-3 on one GPU train as stage 0: 50 steps", Z, d
     CHECK(engine.get_global_grad_norm() == doctest::Approx(reference.get_global_grad_norm()).epsilon(1e-5));
     const auto memory = engine.memory_report();
     CHECK(memory.optimizer_states == 8 * engine.padded_params());  // the (padded) shard is the whole model
+    check_report_is_device_memory(memory, before);
     engine.set_full_parameters(stage0.params);
     CHECK(engine.full_parameters() == stage0.params);
 }
@@ -120,6 +156,7 @@ TEST_CASE_TEMPLATE("bf16 and fp16 on the GPU engine train as on the CPU engine: 
     constexpr int steps = 50;
     const Dtype dtype = std::is_same_v<P, ds::BF16> ? Dtype::bf16 : Dtype::fp16;
     const TrainingRun cpu = train_on_cpu(steps, dtype);
+    const DeviceUse before = DeviceUse::now();
     ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, P, ds::Cuda> engine(engine_test_config(1, dtype));
     const TrainingRun gpu = train_steps(engine, steps);
     REQUIRE(gpu.initial == cpu.initial);  // the same fp32 master start
@@ -136,6 +173,7 @@ TEST_CASE_TEMPLATE("bf16 and fp16 on the GPU engine train as on the CPU engine: 
     CHECK(memory.master_weights == 4 * cifar10::CifarNet::param_count);
     // Stage 0: bf16 accumulates in fp32 (DeepSpeed's BF16 optimizer), fp16 in fp16.
     CHECK(memory.gradients == (std::is_same_v<P, ds::BF16> ? 4 : 2) * cifar10::CifarNet::param_count);
+    check_report_is_device_memory(memory, before);
 }
 
 TEST_CASE("bf16 at ZeRO stage 2 on the GPU (bf16 gradients) trains as bf16 at stage 0 (fp32 accumulation)") {

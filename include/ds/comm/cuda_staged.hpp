@@ -16,6 +16,7 @@
 
 #include <ds/comm/communicator.hpp>
 #include <ds/device/cuda/error.hpp>
+#include <ds/device/cuda/memory.hpp>
 
 namespace ds::comm {
 
@@ -76,35 +77,20 @@ public:
 
 private:
     /// Pinned host memory that grows to the largest transfer (page-locked: the copies run
-    /// at full bus speed and can be asynchronous).
-    class Pinned {
-    public:
-        Pinned() = default;
-        Pinned(Pinned&& other) noexcept
-            : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-        Pinned& operator=(Pinned&&) = delete;
-        ~Pinned() {
-            if (data_) cudaFreeHost(data_);
+    /// at full bus speed).
+    using Staging = cuda::PinnedBuffer<std::byte>;
+    template <class T>
+    static T* staging(Staging& buffer, std::size_t n) {
+        if (buffer.size() < n * sizeof(T)) {
+            buffer = Staging();  // the old block first: peak pinned memory stays one block
+            buffer = Staging(n * sizeof(T));
         }
-        template <class T>
-        T* as(std::size_t n) {
-            if (n * sizeof(T) > bytes_) {
-                if (data_) DS_CUDA_CHECK(cudaFreeHost(data_));
-                data_ = nullptr;
-                DS_CUDA_CHECK(cudaMallocHost(&data_, n * sizeof(T)));
-                bytes_ = n * sizeof(T);
-            }
-            return static_cast<T*>(data_);
-        }
-
-    private:
-        void* data_ = nullptr;
-        std::size_t bytes_ = 0;
-    };
+        return reinterpret_cast<T*>(buffer.data());
+    }
 
     template <class T>
-    T* to_host(Pinned& staging, const T* device, std::size_t n) {
-        T* host = staging.template as<T>(n);
+    T* to_host(Staging& buffer, const T* device, std::size_t n) {
+        T* host = staging<T>(buffer, n);
         DS_CUDA_CHECK(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_));
         DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
         return host;
@@ -113,7 +99,7 @@ private:
     template <class T, class Collective>
     void staged(const T* in, std::size_t in_n, T* out, std::size_t out_n, Collective&& collective) {
         const T* host = to_host(send_, in, in_n);
-        T* result = receive_.template as<T>(out_n);
+        T* result = staging<T>(receive_, out_n);
         collective(host, result);
         to_device(out, result, out_n);
     }
@@ -132,7 +118,7 @@ private:
 
     Host host_;  ///< the host communicator
     cudaStream_t stream_ = nullptr;
-    Pinned send_, receive_;
+    Staging send_, receive_;
 };
 
 

@@ -245,8 +245,13 @@ private:
         cudaStream_t producer = nullptr;  ///< the legacy default stream unless set
         cuda::Event produced;
         cuda::DeviceBuffer<std::int32_t> flag;  ///< what `barrier` all-reduces
+        /// On unwind from an error, a collective still queued may wait for a rank that
+        /// threw and will never join it: `ncclCommAbort` drops it, where `ncclCommDestroy`
+        /// would first flush it and hang.
         ~State() {
-            if (comm) ncclCommDestroy(comm);
+            if (!comm) return;
+            if (std::uncaught_exceptions() > 0) ncclCommAbort(comm);
+            else ncclCommDestroy(comm);
         }
     };
     explicit Nccl(std::unique_ptr<State> state) : state_(std::move(state)) {}

@@ -27,7 +27,9 @@ struct DeviceTraits;
 template <>
 struct DeviceTraits<Cpu> {
     /// Nothing to hold: host memory, OpenBLAS, OpenMP.
-    struct Context {};
+    struct Context {
+        std::size_t buffer_bytes() const { return 0; }
+    };
     /// The parameters live in host memory, so the initial broadcast goes through them there.
     static constexpr bool host_buffers = true;
 

@@ -47,7 +47,8 @@
 
 namespace ds {
 
-/// Bytes an engine holds per rank, by category (DESIGN: the ZeRO table's terms).
+/// Bytes an engine holds per rank, by category (DESIGN: the ZeRO table's terms), in the
+/// memory its states live in: host memory on `Cpu`, device memory on `Cuda`.
 struct MemoryReport {
     std::size_t parameters = 0;        ///< model parameters in the compute dtype
     std::size_t gradients = 0;         ///< gradient buffer
@@ -320,8 +321,8 @@ public:
         r.gradients = zero_.gradient_bytes();
         r.master_weights = zero_.master_bytes();
         r.optimizer_states = optimizer_.state_bytes();
-        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + io_.buffer_bytes() +
-                    scaled_grad_output_.size() * sizeof(float);
+        r.buffers = model_.buffer_bytes() + zero_.buffer_bytes() + io_.buffer_bytes() + device_.buffer_bytes();
+        if constexpr (traits::host_buffers) r.buffers += scaled_grad_output_.size() * sizeof(float);
         return r;
     }
 

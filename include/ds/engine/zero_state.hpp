@@ -323,12 +323,12 @@ public:
     std::size_t master_bytes() const { return master_.size() * sizeof(float); }
     std::size_t gradient_bytes() const { return grads_.size() * sizeof(grad_type); }
     /// Work buffers: stage 3's gathered layer and persistent parameters, stage 2's buckets
-    /// and the received reductions, stage 1's reduced partition.
+    /// and the received reductions, stage 1's reduced partition, the all-reduced pieces.
     std::size_t buffer_bytes() const {
         std::size_t n = (layer_params_.size() + gathered_.size() + now_.receive.size() + next_.receive.size()) *
                         sizeof(compute_type);
         for (const auto& p : persistent_) n += p.size() * sizeof(compute_type);
-        n += (layer_grads_.size() + received_.size() + reduced_.size()) * sizeof(grad_type);
+        n += (layer_grads_.size() + received_.size() + reduced_.size() + scratch_.size()) * sizeof(grad_type);
         for (const Group& g : groups_) n += (g.layer_grads.size() + g.bucket.size()) * sizeof(grad_type);
         return n;
     }

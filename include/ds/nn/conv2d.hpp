@@ -50,6 +50,13 @@ struct Conv2d {
             }
         }
 
+        std::size_t buffer_bytes() const {
+            std::size_t n = weights_.size();
+            for (const auto& s : scratch_)
+                n += s.padded_in.size() + s.padded_grad.size() + s.grad_rows.size() + s.weight_grads.size();
+            return n * sizeof(float);
+        }
+
         /// PyTorch's default: U(±1/√(In·K·K)) for weight (kaiming-uniform, a = √5) and bias.
         static void init(float* w, Rng& rng) {
             const float bound = 1.0f / std::sqrt(static_cast<float>(filter));

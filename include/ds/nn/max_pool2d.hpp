@@ -33,6 +33,7 @@ struct MaxPool2d {
         std::vector<std::uint8_t> argmax;  // position of the maximum within each window
 
         void reserve(std::size_t max_batch) { argmax.resize(max_batch * output_shape::size); }
+        std::size_t buffer_bytes() const { return argmax.size(); }
         static void init(float*, Rng&) {}
 
         void forward(const float* x, float* y, std::size_t batch, const float*) {

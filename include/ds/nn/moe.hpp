@@ -252,6 +252,25 @@ struct BasicMoE {
             return b;
         }();
 
+        /// Bytes of the activations, routing queues, all-to-all blocks and backward work
+        /// (the blocks follow the capacity, the queues the last batch).
+        std::size_t buffer_bytes() const {
+            const auto bytes = [](const auto& v) { return v.size() * sizeof(v[0]); };
+            std::size_t n = buffer_bytes_of(mlp_);
+            for (const auto& l : state_) {
+                for (const auto& q : l.queues) n += bytes(q.tokens) + bytes(q.choices);
+                for (const auto& e : l.local)
+                    n += buffer_bytes_of(e.layer) + bytes(e.x) + bytes(e.y) + bytes(e.dy) + bytes(e.dx);
+                n += bytes(l.sent) + bytes(l.received) + bytes(l.returned);
+                for (const auto* v : {&l.input, &l.gate_input, &l.jitter, &l.logits, &l.moe_out, &l.mlp_out, &l.coef})
+                    n += bytes(*v);
+            }
+            for (const auto* v : {&outbox_, &inbox_, &work_, &work2_, &scaled_, &d_mlp_, &mlp_dx_, &gate_dx_, &dz_,
+                                  &d_weight_})
+                n += bytes(*v);
+            return n;
+        }
+
         void reserve(std::size_t max_batch) {
             max_batch_ = max_batch;
             for (std::size_t i = 0; i < layers; ++i) {

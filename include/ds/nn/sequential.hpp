@@ -345,13 +345,16 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
 
-    /// Bytes of activations and backward work buffers.
+    /// Bytes of activations, backward work buffers and each layer's own (the convolutions'
+    /// per-thread scratch, pooling positions, MoE blocks).
     std::size_t buffer_bytes() const {
         std::size_t n = grad_a_.size() + grad_b_.size();
         for (const auto& a : activations_) n += a.size();
         const std::size_t work = x32_.size() + y32_.size() + dy32_.size() + dx32_.size() + w32_.size() + dw32_.size() +
                                  we32_.size() + dwe32_.size();
-        return n * sizeof(T) + work * sizeof(float);
+        std::size_t own = 0;
+        std::apply([&](const auto&... layer) { ((own += buffer_bytes_of(layer)), ...); }, layers_);
+        return n * sizeof(T) + work * sizeof(float) + own;
     }
 
     /// Calls `f(layer)` for every layer, in order.

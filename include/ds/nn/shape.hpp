@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// Compile-time shapes of one sample's activations, and names for layers.
+/// Compile-time shapes of one sample's activations, names for layers, and what a layer may
+/// report of itself.
 
 #include <algorithm>
 #include <cstddef>
@@ -39,6 +40,13 @@ struct TensorShape {
         return n;
     }
 };
+
+/// The bytes of work buffers a layer keeps for itself: its `buffer_bytes()`, else none.
+template <class L>
+std::size_t buffer_bytes_of(const L& layer) {
+    if constexpr (requires { layer.buffer_bytes(); }) return layer.buffer_bytes();
+    else return 0;
+}
 
 /// One parameter tensor of a layer: its name within the layer ("weight", "bias") and shape.
 struct ParamSpec {

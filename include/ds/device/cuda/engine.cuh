@@ -56,6 +56,8 @@ public:
     cudaStream_t stream() const { return stream_; }
     LayerContext layers() { return {stream_.get(), &gemm_}; }
     int device() const { return device_; }
+    /// Device bytes held for every layer: the GEMM's workspace.
+    std::size_t buffer_bytes() const { return gemm_.workspace_bytes(); }
 
 private:
     static int select_device() {
@@ -141,11 +143,14 @@ struct DeviceTraits<Cuda> {
 
     /// A batch uploaded to the device and cast to the model's T there, the logits cast to
     /// fp32 and downloaded for the host's loss, and the loss gradient uploaded and cast to T.
+    /// The host side of each transfer is pinned, so the uploads return at once: only the
+    /// logits, which the host's loss needs, wait for the device.
     template <class T>
     class Io {
     public:
         Io(std::size_t inputs, std::size_t outputs, Context& ctx)
-            : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), logits_(outputs) {
+            : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), host_input_(inputs),
+              host_grad_output_(outputs), host_logits_(outputs) {
             if constexpr (!std::is_same_v<T, float>) staged_ = cuda::DeviceBuffer<float>(std::max(inputs, outputs));
         }
         /// The engine's last device part to be built, so the first to go: it waits for the
@@ -155,7 +160,7 @@ struct DeviceTraits<Cuda> {
         Io(const Io&) = delete;
         Io& operator=(const Io&) = delete;
         const T* upload_inputs(std::span<const float> inputs) {
-            upload(inputs.data(), inputs.size(), input_.data());
+            upload(inputs.data(), inputs.size(), host_input_, input_copied_, input_.data());
             return input_.data();
         }
         std::span<const float> download_outputs(const T* outputs, std::size_t n) {
@@ -166,33 +171,37 @@ struct DeviceTraits<Cuda> {
                 cuda::convert(outputs, staged_.data(), n, stream_);
                 from = staged_.data();
             }
-            DS_CUDA_CHECK(cudaMemcpyAsync(logits_.data(), from, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+            DS_CUDA_CHECK(
+                cudaMemcpyAsync(host_logits_.data(), from, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
             DS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-            return {logits_.data(), n};
+            return {host_logits_.data(), n};
         }
         const T* upload_grad_output(const float* grad, std::size_t n) {
-            upload(grad, n, grad_output_.data());
-            DS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may change after we return
+            upload(grad, n, host_grad_output_, grad_output_copied_, grad_output_.data());
             return grad_output_.data();
         }
-        std::size_t buffer_bytes() const {
-            return input_.bytes() + grad_output_.bytes() + staged_.bytes() + logits_.size() * sizeof(float);
-        }
+        /// Device bytes (the pinned host side is not device memory).
+        std::size_t buffer_bytes() const { return input_.bytes() + grad_output_.bytes() + staged_.bytes(); }
 
     private:
-        /// fp32 host values into T on the device (through the fp32 staging buffer for 2-byte T).
-        void upload(const float* host, std::size_t n, T* to) {
+        /// fp32 host values into T on the device (through the fp32 staging buffer for 2-byte
+        /// T), by way of `pinned`, which `copied` says the previous upload has left.
+        void upload(const float* host, std::size_t n, cuda::PinnedBuffer<float>& pinned, cuda::Event& copied, T* to) {
+            copied.synchronize();  // at once, unless that copy is still queued
+            std::copy_n(host, n, pinned.data());
             float* landing;
             if constexpr (std::is_same_v<T, float>) landing = to;
             else landing = staged_.data();
-            DS_CUDA_CHECK(cudaMemcpyAsync(landing, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            DS_CUDA_CHECK(cudaMemcpyAsync(landing, pinned.data(), n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+            copied.record(stream_);
             if constexpr (!std::is_same_v<T, float>) cuda::convert(landing, to, n, stream_);
         }
 
         cudaStream_t stream_;
         cuda::DeviceBuffer<T> input_, grad_output_;
         cuda::DeviceBuffer<float> staged_;
-        std::vector<float> logits_;
+        cuda::PinnedBuffer<float> host_input_, host_grad_output_, host_logits_;
+        cuda::Event input_copied_, grad_output_copied_;  ///< when each pinned buffer is free again
     };
 };
 

@@ -60,6 +60,8 @@ public:
     Gemm(const Gemm&) = delete;
     Gemm& operator=(const Gemm&) = delete;
 
+    std::size_t workspace_bytes() const { return workspace_.bytes(); }
+
     /// TF32 tensor cores for fp32 operands (off by default: fp32 results match the CPU's).
     bool use_tf32 = false;
 

@@ -45,6 +45,7 @@ public:
         fill(ones_.data(), n, T(1.0f), stream);
     }
     const T* data() const { return ones_.data(); }
+    std::size_t bytes() const { return ones_.bytes(); }
 
 private:
     DeviceBuffer<T> ones_;
@@ -64,6 +65,7 @@ public:
         if constexpr (std::is_same_v<T, float>) return y;
         else return sums_.data();
     }
+    std::size_t bytes() const { return sums_.bytes(); }
 
 private:
     DeviceBuffer<float> sums_;
@@ -95,6 +97,7 @@ public:
     void finish(G* dw, cudaStream_t stream) {
         if constexpr (!direct<G>) accumulate(scratch_.data(), dw, Count, stream);
     }
+    std::size_t bytes() const { return scratch_.bytes(); }
 
 private:
     DeviceBuffer<T> scratch_;
@@ -140,6 +143,7 @@ struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
         sink_.finish(dw, ctx.stream);
         if (dx) gemm(Op::none, Op::none, batch, In, Out, 1.0f, dy, Out, w, In, 0.0f, dx, In, ctx.stream);
     }
+    std::size_t buffer_bytes() const { return ones_.bytes() + sink_.bytes() + sums_.bytes(); }
 
 private:
     using Sink = GradientSink<T, Out * In + Out>;
@@ -193,6 +197,9 @@ struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
         gemm(Op::transpose, Op::none, F, bp, Out, 1.0f, w, F, rows_.data(), bp, 0.0f, dcol, bp, ctx.stream);
         col2im_batch<C, H, W, K>(dcol, dx, batch, ctx.stream);
     }
+    std::size_t buffer_bytes() const {
+        return col_.bytes() + rows_.bytes() + ones_.bytes() + sink_.bytes() + sums_.bytes() + dcol_.bytes();
+    }
 
 private:
     using Sink = GradientSink<T, Out * F + Out>;
@@ -226,6 +233,7 @@ struct DeviceLayer<nn::MaxPool2d<S>, nn::Image<C, H, W>, T> {
     void backward(const T*, const T*, const T* dy, T* dx, std::size_t batch, const T*, G*, LayerContext& ctx) {
         if (dx) max_pool_backward<C, H, W, S>(dy, at_.data(), dx, batch, ctx.stream);
     }
+    std::size_t buffer_bytes() const { return at_.bytes(); }
 
 private:
     DeviceBuffer<std::uint8_t> at_;

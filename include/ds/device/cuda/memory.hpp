@@ -1,7 +1,8 @@
 #pragma once
 /// @file
-/// Device memory: `ds::cuda::CachingAllocator` over `cudaMalloc` (no managed memory) and
-/// `ds::cuda::DeviceBuffer<T>`, the owner of one allocation.
+/// Device memory: `ds::cuda::CachingAllocator` over `cudaMalloc` (no managed memory),
+/// `ds::cuda::DeviceBuffer<T>`, the owner of one allocation, and `ds::cuda::PinnedBuffer<T>`,
+/// page-locked host memory for the copies between the two.
 
 #include <cstddef>
 #include <map>
@@ -108,6 +109,11 @@ public:
         const std::lock_guard lock(mutex_);
         return cached_bytes_;
     }
+    /// Blocks handed out and not yet returned.
+    std::size_t live_blocks() const {
+        const std::lock_guard lock(mutex_);
+        return live_.size();
+    }
 
 private:
     void release_cached_locked() {
@@ -205,6 +211,39 @@ private:
     }
 
     CachingAllocator* allocator_ = nullptr;
+    T* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// `n` values of T in page-locked host memory (`cudaMallocHost`): copies between it and the
+/// device run at full bus speed and are truly asynchronous, so the host must not write it
+/// while a copy from it may be in flight, nor read it before a copy into it is waited for.
+template <class T>
+class PinnedBuffer {
+public:
+    PinnedBuffer() = default;
+    explicit PinnedBuffer(std::size_t n) : size_(n) {
+        if (n) DS_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&data_), n * sizeof(T)));
+    }
+    ~PinnedBuffer() {
+        if (data_) cudaFreeHost(data_);
+    }
+    PinnedBuffer(PinnedBuffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
+        std::swap(data_, other.data_);
+        std::swap(size_, other.size_);
+        return *this;
+    }
+    PinnedBuffer(const PinnedBuffer&) = delete;
+    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+    T* data() { return data_; }
+    const T* data() const { return data_; }
+    std::size_t size() const { return size_; }
+    std::size_t bytes() const { return size_ * sizeof(T); }
+
+private:
     T* data_ = nullptr;
     std::size_t size_ = 0;
 };

@@ -263,6 +263,23 @@ struct DeviceLayer<nn::BasicMoE<Ep, Expert, Mlp, Experts...>, Input, T> {
         resize_exchange_buffers();
     }
 
+    /// Device bytes of the activations, routing, all-to-all blocks, experts' work buffers
+    /// and fp32 copies (they follow the capacity: `configure` may change them).
+    std::size_t buffer_bytes() const {
+        std::size_t n = nn::buffer_bytes_of(mlp_);
+        for (const LayerState& l : state_) {
+            for (const auto* b : {&l.input, &l.gate_input, &l.jitter, &l.logits, &l.weight, &l.dispatched, &l.returned,
+                                  &l.expert_x, &l.expert_y, &l.moe_out, &l.mlp_out, &l.coef_z, &l.coef})
+                n += b->bytes();
+            n += l.index.bytes();
+            for (const auto& e : l.local) n += nn::buffer_bytes_of(e);
+        }
+        for (const auto* b : {&outbox_, &inbox_, &d_rows_, &dx_rows_, &y32_, &grad_a_, &grad_b_, &d_moe_, &d_mlp_,
+                              &mlp_dx_, &gate_dx_, &dz_, &d_weight_, &d_logits_, &w32_, &we32_, &dw32_, &dwe32_})
+            n += b->bytes();
+        return n;
+    }
+
     void set_training(bool training) { router_.set_training(training); }
     /// Applies `settings` (`nn::MoERouter::configure`); the all-to-all blocks follow the capacity.
     void configure(const nn::MoESettings& settings) {

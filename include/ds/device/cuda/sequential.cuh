@@ -100,10 +100,12 @@ public:
     auto& layer() {
         return std::get<I>(layers_);
     }
-    /// Bytes of activations and backward work buffers on the device.
+    /// Device bytes of the activations, the backward's work buffers and each layer's own
+    /// (im2col columns, pooling positions, MoE blocks, fp32 copies).
     std::size_t buffer_bytes() const {
         std::size_t n = grad_a_.bytes() + grad_b_.bytes();
         for (const auto& a : activations_) n += a.bytes();
+        std::apply([&](const auto&... layer) { ((n += nn::buffer_bytes_of(layer)), ...); }, layers_);
         return n;
     }
 

@@ -3,7 +3,8 @@
 // convolutions), on fresh random parameters, images and output gradients: outputs, every
 // parameter gradient and the input gradient of every layer after the first, for the
 // CIFAR-10 (3×32×32) and Fashion-MNIST (1×28×28) shapes, for full and partial batches,
-// and a Linear whose bias is off cuBLASLt's epilogue alignment. Then the Net stored in bf16
+// and a Linear whose bias is off cuBLASLt's epilogue alignment (the ReLUs after a Linear or
+// Conv2d run fused into it). Then the Net stored in bf16
 // and fp16 on the GPU against the fp32 GPU Net on the same (rounded) values, its gradients
 // added into fp32 and into its own dtype. And the MoE layers (top-1 and top-2, PR-MoE,
 // noise, dropped tokens, bf16) against the CPU's.
@@ -31,6 +32,12 @@
 #include "gpu/model_reference.hpp"
 
 namespace {
+
+// Each ReLU after a Linear or Conv2d runs in that layer's epilogue or bias pass (and Flatten
+// runs nothing): the CIFAR Net's 12 layers make 7 passes; TinyNet's fused ReLU follows a
+// Linear whose bias is off the epilogue's alignment, so its bias kernel applies it.
+static_assert(ds::cuda::DeviceSequential<cifar10::CifarNet>::forward_passes == 7);
+static_assert(ds::cuda::DeviceSequential<TinyNet>::forward_passes == 2);
 
 std::vector<float> uniform(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
     ds::Rng rng(seed);

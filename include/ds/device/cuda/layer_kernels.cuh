@@ -52,13 +52,18 @@ struct ScatterBackBatch {
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Shape::scatter_back_batch(i, dcol, dx, batch); }
 };
-template <class Rows, class R, class T>
+/// With `Relu`, a ReLU that follows the layer runs here too: relu(round(v)) is round(relu(v)),
+/// so the values are those of the two passes.
+template <class Rows, class R, class T, bool Relu>
 struct ToImages {
     const R* rows;
     const T* bias;
     T* images;
     std::size_t batch;
-    __device__ void operator()(std::size_t i) const { Rows::to_images(i, rows, bias, images, batch); }
+    __device__ void operator()(std::size_t i) const {
+        Rows::to_images(i, rows, bias, images, batch);
+        if constexpr (Relu) images[i] = T(nn::math::relu(static_cast<float>(images[i])));
+    }
 };
 template <class Rows, class T>
 struct ToRows {
@@ -67,15 +72,17 @@ struct ToRows {
     std::size_t batch;
     __device__ void operator()(std::size_t i) const { Rows::to_rows(i, images, rows, batch); }
 };
-/// y[i] = T(float(sums[i]) + float(bias[i % features])): one rounding (in place for fp32).
-template <class R, class T>
+/// y[i] = T(float(sums[i]) + float(bias[i % features])): one rounding (in place for fp32);
+/// with `Relu`, of the sum's ReLU.
+template <class R, class T, bool Relu>
 struct AddBias {
     const R* sums;
     const T* bias;
     T* y;
     std::size_t features;
     __device__ void operator()(std::size_t i) const {
-        y[i] = T(static_cast<float>(sums[i]) + static_cast<float>(bias[i % features]));
+        const float v = static_cast<float>(sums[i]) + static_cast<float>(bias[i % features]);
+        y[i] = T(Relu ? nn::math::relu(v) : v);
     }
 };
 template <class T>
@@ -176,22 +183,23 @@ void col2im_batch(const D* dcol, T* dx, std::size_t batch, cudaStream_t stream) 
                            detail::ScatterBackBatch<Shape, plain_t<D>, plain_t<T>>{dcol, dx, batch}, stream);
 }
 /// [O][B][P] GEMM rows (T, or unrounded fp32 sums) to [B][O][P] images, adding a bias per
-/// channel (`nn::math::BatchRows`).
-template <std::size_t O, std::size_t P, class R, class T>
+/// channel (`nn::math::BatchRows`), then with `Relu` a ReLU.
+template <std::size_t O, std::size_t P, bool Relu = false, class R, class T>
 void rows_to_images(const R* rows, const T* bias, T* images, std::size_t batch, cudaStream_t stream) {
     detail::for_each_index(
-        batch * O * P, detail::ToImages<nn::math::BatchRows<O, P>, plain_t<R>, plain_t<T>>{rows, bias, images, batch},
-        stream);
+        batch * O * P,
+        detail::ToImages<nn::math::BatchRows<O, P>, plain_t<R>, plain_t<T>, Relu>{rows, bias, images, batch}, stream);
 }
 template <std::size_t O, std::size_t P, class T>
 void images_to_rows(const T* images, T* rows, std::size_t batch, cudaStream_t stream) {
     detail::for_each_index(batch * O * P, detail::ToRows<nn::math::BatchRows<O, P>, plain_t<T>>{images, rows, batch}, stream);
 }
 /// y[b][f] = sums[b][f] + bias[f] for `batch` rows of `features`, rounded once to T (`sums`
-/// may be `y` itself, or unrounded fp32 products).
-template <class R, class T>
+/// may be `y` itself, or unrounded fp32 products), then with `Relu` a ReLU.
+template <bool Relu = false, class R, class T>
 void add_bias(const R* sums, const T* bias, T* y, std::size_t features, std::size_t batch, cudaStream_t stream) {
-    detail::for_each_index(batch * features, detail::AddBias<plain_t<R>, plain_t<T>>{sums, bias, y, features}, stream);
+    detail::for_each_index(batch * features, detail::AddBias<plain_t<R>, plain_t<T>, Relu>{sums, bias, y, features},
+                           stream);
 }
 template <class T>
 void fill(T* out, std::size_t n, T value, cudaStream_t stream) {

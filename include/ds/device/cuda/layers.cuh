@@ -110,9 +110,11 @@ struct DeviceLayer {
 
 /// y = x·Wᵀ + b in one cuBLASLt call with the bias epilogue (a bias off its 16-byte alignment
 /// is added by a kernel to the unrounded product); dW += dyᵀ·x, db += 1ᵀ·dy, dx = dy·W.
+/// `forward<true>` applies the ReLU that follows it in the same epilogue (`relu_fuses`).
 template <std::size_t In, std::size_t Out, class Input, class T>
 struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
     static constexpr std::size_t bias_offset = Out * In;
+    static constexpr bool relu_fuses = true;
 
     void reserve(std::size_t max_batch, LayerContext& ctx) {
         ones_.reserve(max_batch, ctx.stream);
@@ -120,15 +122,16 @@ struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
         sums_.reserve(max_batch * Out);
     }
 
+    template <bool Relu = false>
     void forward(const T* x, T* y, std::size_t batch, const T* w, LayerContext& ctx) {
         const T* bias = w + bias_offset;
         if (reinterpret_cast<std::uintptr_t>(bias) % 16 == 0) {  // the epilogue adds before it rounds
             (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out, ctx.stream,
-                        Epilogue::bias, bias);
+                        Relu ? Epilogue::relu_bias : Epilogue::bias, bias);
         } else {
             auto* sums = sums_.target(y);
             (*ctx.gemm)(Op::none, Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 0.0f, sums, Out, ctx.stream);
-            add_bias(sums, bias, y, Out, batch, ctx.stream);
+            add_bias<Relu>(sums, bias, y, Out, batch, ctx.stream);
         }
     }
     template <class G>
@@ -155,11 +158,13 @@ private:
 /// The whole batch as one GEMM: columns [C·K·K × B·P] (`Im2Col::gather_batch`), rows
 /// W·col = [O × B·P], then NCHW images with the bias added (`BatchRows`). Backward runs the
 /// same layout the other way: dW += dY'·colᵀ, db += dY'·1, dcol = Wᵀ·dY', gathered back to dx.
+/// `forward<true>` applies the ReLU that follows it in the bias pass (`relu_fuses`).
 template <std::size_t In, std::size_t Out, std::size_t K, std::size_t C, std::size_t H, std::size_t W, class T>
 struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
     static_assert(C == In, "ds::cuda: Conv2d input channels");
     using Cols = nn::math::Im2Col<C, H, W, K>;
     static constexpr std::size_t F = Cols::rows, P = Cols::cols, bias_offset = Out * F;
+    static constexpr bool relu_fuses = true;
 
     void reserve(std::size_t max_batch, LayerContext& ctx) {
         col_ = DeviceBuffer<T>(F * max_batch * P);
@@ -171,12 +176,13 @@ struct DeviceLayer<nn::Conv2d<In, Out, K>, nn::Image<C, H, W>, T> {
     }
 
     /// The product's rows unrounded (2-byte T: fp32 sums), then the bias and one rounding.
+    template <bool Relu = false>
     void forward(const T* x, T* y, std::size_t batch, const T* w, LayerContext& ctx) {
         const std::size_t bp = batch * P;
         im2col_batch<C, H, W, K>(x, col_.data(), batch, ctx.stream);
         auto* rows = sums_.target(rows_.data());
         (*ctx.gemm)(Op::none, Op::none, Out, bp, F, 1.0f, w, F, col_.data(), bp, 0.0f, rows, bp, ctx.stream);
-        rows_to_images<Out, P>(rows, w + bias_offset, y, batch, ctx.stream);
+        rows_to_images<Out, P, Relu>(rows, w + bias_offset, y, batch, ctx.stream);
     }
     template <class G>
     void backward(const T* x, const T* /*y*/, const T* dy, T* dx, std::size_t batch, const T* w, G* dw,

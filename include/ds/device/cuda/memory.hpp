@@ -57,9 +57,10 @@ public:
         std::unique_lock lock(mutex_);
         if (auto it = cached_.lower_bound(size); it != cached_.end() && it->first <= 2 * size) {
             void* p = it->second;
-            live_[p] = it->first;
+            live_[p] = {it->first, bytes};
             cached_bytes_ -= it->first;
             allocated_bytes_ += it->first;
+            requested_bytes_ += bytes;
             cached_.erase(it);
             return p;
         }
@@ -78,8 +79,9 @@ public:
                                 __FILE__, __LINE__);
             }
         }
-        live_[p] = size;
+        live_[p] = {size, bytes};
         allocated_bytes_ += size;
+        requested_bytes_ += bytes;
         return p;
     }
 
@@ -89,9 +91,11 @@ public:
         const std::lock_guard lock(mutex_);
         const auto it = live_.find(p);
         if (it == live_.end()) return;
-        cached_.emplace(it->second, p);
-        cached_bytes_ += it->second;
-        allocated_bytes_ -= it->second;
+        const Block block = it->second;
+        cached_.emplace(block.size, p);
+        cached_bytes_ += block.size;
+        allocated_bytes_ -= block.size;
+        requested_bytes_ -= block.requested;
         live_.erase(it);
     }
 
@@ -109,10 +113,11 @@ public:
         const std::lock_guard lock(mutex_);
         return cached_bytes_;
     }
-    /// Blocks handed out and not yet returned.
-    std::size_t live_blocks() const {
+    /// Bytes asked for by the blocks handed out and not yet returned (`allocated_bytes` is
+    /// the blocks' sizes: rounded up, or a cached block up to twice the request).
+    std::size_t requested_bytes() const {
         const std::lock_guard lock(mutex_);
-        return live_.size();
+        return requested_bytes_;
     }
 
 private:
@@ -128,8 +133,11 @@ private:
     int device_ = 0;
     mutable std::mutex mutex_;
     std::multimap<std::size_t, void*> cached_;
-    std::unordered_map<void*, std::size_t> live_;
-    std::size_t allocated_bytes_ = 0, cached_bytes_ = 0;
+    struct Block {
+        std::size_t size, requested;
+    };
+    std::unordered_map<void*, Block> live_;
+    std::size_t allocated_bytes_ = 0, cached_bytes_ = 0, requested_bytes_ = 0;
 };
 
 /// Every allocator, by device and host thread.

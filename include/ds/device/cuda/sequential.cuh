@@ -33,6 +33,19 @@ template <class L>
 struct Unnamed<L> {
     using type = typename L::layer;
 };
+/// A device layer that can apply the ReLU after it to its own output (`forward<true>`).
+template <class L>
+concept fuses_relu = requires { requires L::relu_fuses; };
+/// Element I of a tuple type, or void past its end.
+template <class Tuple, std::size_t I>
+struct ElementOr {
+    using type = void;
+};
+template <class Tuple, std::size_t I>
+    requires(I < std::tuple_size_v<Tuple>)
+struct ElementOr<Tuple, I> {
+    using type = std::tuple_element_t<I, Tuple>;
+};
 }  // namespace detail
 
 template <class Model>
@@ -70,17 +83,43 @@ private:
     /// so it costs no buffer and no copy either way.
     template <std::size_t I>
     static constexpr bool passes_through = std::is_same_v<unbound_t<I>, nn::Flatten>;
+    /// A ReLU straight after a layer that can apply it (Linear's GEMM epilogue, Conv2d's bias
+    /// pass) runs there, saving a pass: it has no forward of its own and its output is its
+    /// input, which its backward reads as y.
+    template <std::size_t I>
+    static constexpr bool relu_fused_into_previous =
+        I > 0 && std::is_same_v<unbound_t<I>, nn::ReLU> &&
+        detail::fuses_relu<typename detail::ElementOr<device_layers, I - 1>::type>;
+    /// Layer I applies the ReLU that follows it.
+    template <std::size_t I>
+    static constexpr bool applies_relu =
+        detail::fuses_relu<std::tuple_element_t<I, device_layers>> &&
+        std::is_same_v<typename detail::ElementOr<std::tuple<typename detail::Unnamed<Layers>::type...>, I + 1>::type,
+                       nn::ReLU>;
+    /// Layers whose output is their input: no buffer of their own.
+    template <std::size_t I>
+    static constexpr bool aliases_input = passes_through<I> || relu_fused_into_previous<I>;
     /// An MoE layer: its experts are a second parameter range (`Model::expert_ranges`).
     template <std::size_t I>
     static constexpr bool has_experts = model_type::expert_ranges[I].count > 0;
 
 public:
+    /// Layers that run a forward pass of their own: not Flatten, nor a ReLU that the layer
+    /// before it applies.
+    static constexpr std::size_t forward_passes = [] {
+        std::size_t n = 0;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            ((n += aliases_input<I> ? 0 : 1), ...);
+        }(std::make_index_sequence<layer_count>{});
+        return n;
+    }();
+
     /// Activations and work buffers for batches of up to `max_batch` samples, on `ctx`'s stream.
     DeviceSequential(std::size_t max_batch, LayerContext ctx) : ctx_(ctx), max_batch_(max_batch) {
         std::size_t widest = Input::size;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             ((std::get<I>(layers_).reserve(max_batch, ctx_),
-              activations_[I] = DeviceBuffer<T>(passes_through<I> ? 0 : max_batch * out_size<I>),
+              activations_[I] = DeviceBuffer<T>(aliases_input<I> ? 0 : max_batch * out_size<I>),
               widest = std::max(widest, out_size<I>)),
              ...);
         }(std::make_index_sequence<layer_count>{});
@@ -141,7 +180,8 @@ public:
         backward(grad_output, hooks);
     }
 
-    /// The activations of layer I after `forward` (device).
+    /// The activations of layer I after `forward` (device; a layer that applies the ReLU
+    /// after it holds the ReLU's output).
     template <std::size_t I>
     const T* activation() const {
         return output_of<I>();
@@ -155,13 +195,13 @@ private:
     }
     template <std::size_t I>
     const T* output_of() const {
-        if constexpr (passes_through<I>) return layer_input<I>();
+        if constexpr (aliases_input<I>) return layer_input<I>();
         else return activations_[I].data();
     }
 
     template <std::size_t I, class Hooks>
     void forward_layer(Hooks& hooks) {
-        if constexpr (!passes_through<I>) {
+        if constexpr (!aliases_input<I>) {
             constexpr LayerRange range = model_type::layer_ranges[I], experts = model_type::expert_ranges[I];
             const T* w = nullptr;
             if constexpr (range.count > 0) w = hooks.parameters(range);
@@ -169,6 +209,8 @@ private:
             if constexpr (has_experts<I>) {
                 const T* we = hooks.parameters(experts);
                 layer.forward(layer_input<I>(), activations_[I].data(), batch_, w, we, ctx_);
+            } else if constexpr (applies_relu<I>) {
+                layer.template forward<true>(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
             } else {
                 layer.forward(layer_input<I>(), activations_[I].data(), batch_, w, ctx_);
             }
@@ -194,9 +236,9 @@ private:
             auto& layer = std::get<I>(layers_);
             T* into = I == 0 ? nullptr : dx;
             if constexpr (has_experts<I>)
-                layer.backward(layer_input<I>(), activations_[I].data(), dy, into, batch_, w, dw,
-                               hooks.parameters(experts), hooks.gradients(experts), ctx_);
-            else layer.backward(layer_input<I>(), activations_[I].data(), dy, into, batch_, w, dw, ctx_);
+                layer.backward(layer_input<I>(), output_of<I>(), dy, into, batch_, w, dw, hooks.parameters(experts),
+                               hooks.gradients(experts), ctx_);
+            else layer.backward(layer_input<I>(), output_of<I>(), dy, into, batch_, w, dw, ctx_);
             if constexpr (range.count > 0) hooks.backward_done(range);
             if constexpr (has_experts<I>) hooks.backward_done(experts);
             if constexpr (I > 0) backward_from<I - 1>(dx, spare, dx, hooks);

@@ -36,19 +36,16 @@ using GpuEngine = ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, ds::FP3
 
 /// The bytes asked of the caching allocator and not yet given back (not its blocks' sizes:
 /// those round up, and a cached block may be up to twice the request).
-struct DeviceUse {
-    std::size_t requested;
-    static DeviceUse now() { return {ds::cuda::CachingAllocator::current().requested_bytes()}; }
-};
+std::size_t device_bytes_requested() { return ds::cuda::CachingAllocator::current().requested_bytes(); }
 
 /// The engine's memory report against the device memory it holds: what it asked the
-/// allocator for since `before`, taken before it was built, and still holds. Every buffer
+/// allocator for since `before` (taken before it was built) and still holds. Every buffer
 /// counted, none twice, so the two are equal.
-void check_report_is_device_memory(const ds::MemoryReport& report, const DeviceUse& before) {
-    const DeviceUse now = DeviceUse::now();
+void check_report_is_device_memory(const ds::MemoryReport& report, std::size_t before) {
+    const std::size_t now = device_bytes_requested();
     INFO("report " << report.total() << " bytes (buffers " << report.buffers << "), allocator "
-                   << static_cast<long long>(now.requested) - static_cast<long long>(before.requested));
-    CHECK(report.total() == now.requested - before.requested);
+                   << static_cast<long long>(now) - static_cast<long long>(before));
+    CHECK(report.total() == now - before);
 }
 
 }  // namespace
@@ -59,7 +56,7 @@ TEST_CASE("the CIFAR Net trains on the GPU engine as on the CPU engine: 50 steps
     constexpr int steps = 50;
     const TrainingRun cpu = train_on_cpu(steps);
 
-    const DeviceUse before = DeviceUse::now();
+    const std::size_t before = device_bytes_requested();
     GpuEngine engine(engine_test_config());
     CHECK(engine.world_size() == 1);
     const TrainingRun gpu = train_steps(engine, steps);
@@ -91,7 +88,7 @@ TEST_CASE("PR-MoE on the GPU engine (ZeRO stage 2) trains as on the CPU engine: 
     const TrainingRun cpu = train_moe_on_cpu(steps);
     ds::Config cfg = engine_test_config();
     cfg.zero_optimization.stage = 2;  // the experts' gradients reduced as their own group
-    const DeviceUse before = DeviceUse::now();
+    const std::size_t before = device_bytes_requested();
     ds::Engine<cifar10::MoENet<3, 32, ds::nn::MoEMlp::residual, 2, 4>, ds::Adam<>, ds::Zero<2>, ds::FP32, ds::Cuda>
         engine(cfg);
     engine.configure_moe(moe_test_settings());
@@ -123,10 +120,10 @@ TEST_CASE_TEMPLATE("ZeRO stages 1-3 on one GPU train as stage 0: 50 steps", Z, d
 
     ds::Config cfg = engine_test_config();
     cfg.zero_optimization.stage = Z::stage;
-    const DeviceUse before = DeviceUse::now();
     cfg.zero_optimization.reduce_bucket_size = 4096;                 // stage 2: fc1 alone, the rest in pieces
     cfg.zero_optimization.overlap_comm = true;                       // stage 2: two buckets in flight; 3: prefetch
     cfg.zero_optimization.stage3_param_persistence_threshold = 1000;  // stage 3: gather every tensor above 1000
+    const std::size_t before = device_bytes_requested();
     ds::Engine<cifar10::CifarNet, ds::Adam<>, Z, ds::FP32, ds::Cuda> engine(cfg);
     static_assert(std::is_same_v<typename decltype(engine)::communicator_type, ds::comm::CudaSingle>);
     const TrainingRun run = train_steps(engine, steps);
@@ -152,7 +149,7 @@ TEST_CASE_TEMPLATE("bf16 and fp16 on the GPU engine train as on the CPU engine: 
     constexpr int steps = 50;
     const Dtype dtype = std::is_same_v<P, ds::BF16> ? Dtype::bf16 : Dtype::fp16;
     const TrainingRun cpu = train_on_cpu(steps, dtype);
-    const DeviceUse before = DeviceUse::now();
+    const std::size_t before = device_bytes_requested();
     ds::Engine<cifar10::CifarNet, ds::Adam<>, ds::Zero<0>, P, ds::Cuda> engine(engine_test_config(1, dtype));
     const TrainingRun gpu = train_steps(engine, steps);
     REQUIRE(gpu.initial == cpu.initial);  // the same fp32 master start

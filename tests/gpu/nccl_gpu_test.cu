@@ -72,6 +72,9 @@ TEST_CASE("NCCL, one rank: every collective of the concept, sub-groups, counters
     auto world = ds::comm::Nccl::single();
     CHECK(world.rank() == 0);
     CHECK(world.size() == 1);
+    int current = -1;
+    DS_CUDA_CHECK(cudaGetDevice(&current));
+    CHECK(world.device() == current);  // what the engine checks against its own
     check_world_of_one<float>(world);
     check_world_of_one<ds::bf16>(world);
     check_world_of_one<std::int32_t>(world);
@@ -80,6 +83,10 @@ TEST_CASE("NCCL, one rank: every collective of the concept, sub-groups, counters
     CHECK(sub.size() == 1);
     sub.barrier();
     check_world_of_one<float>(sub);
+    const double waited = sub.counters().seconds;
+    ds::cuda::DeviceBuffer<float> one(1);
+    sub.all_reduce_async(one.data(), 1, ds::comm::ReduceOp::sum).wait();
+    CHECK(sub.counters().seconds > waited);  // a request's wait is communication time
     CHECK_THROWS_AS(world.broadcast(static_cast<float*>(nullptr), 10, 3), ds::CudaError);  // root 3 of 1
 }
 

@@ -166,6 +166,14 @@ struct FencedMemory {
         comm.all_reduce(value.data(), 1, ds::comm::ReduceOp::sum);
         return *open(value.data());
     }
+    /// As the GPU's: the sum stays in a (fenced) buffer until the all-reduce is done.
+    template <class Comm, class T>
+    double square_sum_over(Comm& comm, const T* x, std::size_t n) const {
+        FencedBuffer<double> value(1);
+        *open(value.data()) = square_sum(x, n);
+        comm.all_reduce(value.data(), 1, ds::comm::ReduceOp::sum);
+        return *open(value.data());
+    }
 };
 
 /// `comm::Threads` over fenced buffers only.

@@ -72,17 +72,25 @@ private:
 /// Throws `ds::CudaError` ("NCCL") unless the NCCL call succeeds.
 #define DS_NCCL_CHECK(call) ::ds::comm::detail::nccl_check((call), #call, __FILE__, __LINE__)
 
-/// Completion of collectives enqueued on a communication stream: an event recorded after them.
+/// Completion of collectives enqueued on a communication stream: an event recorded after
+/// them. The host's wait adds to its communicator's `CommCounters::seconds`, so the request
+/// must not outlive the communicator.
 class NcclRequest {
 public:
-    explicit NcclRequest(cudaStream_t stream) : event_(std::make_unique<cuda::Event>()) { event_->record(stream); }
+    NcclRequest(cudaStream_t stream, double& waited) : event_(std::make_unique<cuda::Event>()), waited_(&waited) {
+        event_->record(stream);
+    }
     /// Blocks the host until the collective is done.
-    void wait() const { event_->synchronize(); }
+    void wait() const {
+        const CommTimer timer(*waited_);
+        event_->synchronize();
+    }
     /// Makes `stream` (say, the compute stream) wait for it, without blocking the host.
     void make_wait(cudaStream_t stream) const { event_->make_wait(stream); }
 
 private:
     std::unique_ptr<cuda::Event> event_;
+    double* waited_;
 };
 
 /// One NCCL rank: `ncclCommInitRank` with a unique id that rank 0 made and every rank
@@ -125,6 +133,12 @@ public:
     /// The stream the collectives run on.
     cudaStream_t stream() const { return state_->stream; }
     ncclComm_t native() const { return state_->comm; }
+    /// The GPU this rank's communicator was made on (the one current then).
+    int device() const {
+        int device = -1;
+        DS_NCCL_CHECK(ncclCommCuDevice(state_->comm, &device));
+        return device;
+    }
 
     template <class T>
     void all_reduce(T* buf, std::size_t n, ReduceOp op) {
@@ -195,7 +209,7 @@ public:
         after_producer();
         DS_NCCL_CHECK(ncclAllReduce(buf, buf, n, detail::nccl_type<T>(), detail::nccl_op(op), state_->comm,
                                     state_->stream));
-        return NcclRequest(state_->stream);
+        return request();
     }
     template <class T>
     NcclRequest reduce_scatter_async(const T* in, T* out, std::size_t n, ReduceOp op) {
@@ -203,7 +217,7 @@ public:
         after_producer();
         DS_NCCL_CHECK(ncclReduceScatter(in, out, n, detail::nccl_type<T>(), detail::nccl_op(op), state_->comm,
                                         state_->stream));
-        return NcclRequest(state_->stream);
+        return request();
     }
     /// Uneven blocks: one `ncclReduce` to each owner, grouped into one launch.
     template <class T>
@@ -225,14 +239,14 @@ public:
                 at += n;
             }
         }
-        return NcclRequest(state_->stream);
+        return request();
     }
     template <class T>
     NcclRequest all_gather_async(const T* in, T* out, std::size_t n) {
         state_->counters.add(Op::all_gather, n * static_cast<std::size_t>(size()));
         after_producer();
         DS_NCCL_CHECK(ncclAllGather(in, out, n, detail::nccl_type<T>(), state_->comm, state_->stream));
-        return NcclRequest(state_->stream);
+        return request();
     }
 
 private:
@@ -255,6 +269,7 @@ private:
         }
     };
     explicit Nccl(std::unique_ptr<State> state) : state_(std::move(state)) {}
+    NcclRequest request() { return NcclRequest(state_->stream, state_->counters.seconds); }
     /// The communication stream waits for the producer's work so far.
     void after_producer() {
         state_->produced.record(state_->producer);

@@ -200,16 +200,17 @@ public:
     double gradient_square_norm() {
         if constexpr (Z::partitions_optimizer_states) {  // each value in exactly one rank's partition
             const auto g = shard_grads();
-            return mem_.sum_over(comm_, mem_.square_sum(g.data(), g.size()));
+            return mem_.square_sum_over(comm_, g.data(), g.size());
         } else {  // stage 0: the dense gradient is the same everywhere, an expert's on its expert-DP group
             double total = 0.0;
             for (const Group& g : groups_) {
-                double sum = mem_.square_sum(grads_.data() + g.storage, g.count);
-                if (g.comm != &comm_) {  // experts split: each rank's differ; count each once
+                const grad_type* grads = grads_.data() + g.storage;
+                if (g.comm == &comm_) {
+                    total += mem_.square_sum(grads, g.count);
+                } else {  // experts split: each rank's differ; count each once
                     const bool speaks_for_its_holders = g.rank == 0;
-                    sum = mem_.sum_over(comm_, speaks_for_its_holders ? sum : 0.0);
+                    total += mem_.square_sum_over(comm_, grads, speaks_for_its_holders ? g.count : 0);
                 }
-                total += sum;
             }
             return total;
         }

@@ -18,6 +18,7 @@
 /// | `convert(in, out, n)` | dtype cast between buffers |
 /// | `upload(host, n, to)`, `download(from, n, host)` | host values in and out, cast on the way |
 /// | `sum_over(comm, x)` | a host double summed over a communicator's ranks |
+/// | `square_sum_over(comm, x, n)` | Σ x² summed over a communicator's ranks, as a host double |
 
 #include <algorithm>
 #include <cstddef>
@@ -75,6 +76,10 @@ struct HostMemory {
     double sum_over(Comm& comm, double x) const {
         comm.all_reduce(&x, 1, comm::ReduceOp::sum);
         return x;
+    }
+    template <class Comm, storage_float T>
+    double square_sum_over(Comm& comm, const T* x, std::size_t n) const {
+        return sum_over(comm, square_sum(x, n));
     }
 };
 

@@ -110,13 +110,33 @@ public:
     double sum_over(Comm& comm, double x) const {
         DeviceBuffer<double> value(1);
         DS_CUDA_CHECK(cudaMemcpyAsync(value.data(), &x, sizeof(double), cudaMemcpyHostToDevice, stream_));
-        comm.all_reduce(value.data(), 1, comm::ReduceOp::sum);
-        DS_CUDA_CHECK(cudaMemcpyAsync(&x, value.data(), sizeof(double), cudaMemcpyDeviceToHost, stream_));
+        return all_reduced(comm, value.data());
+    }
+    /// Σ x² summed over `comm`'s ranks, reduced and all-reduced on the device: the host
+    /// waits once, for the result.
+    template <class Comm, storage_float T>
+    double square_sum_over(Comm& comm, const T* x, std::size_t n) const {
+        DeviceBuffer<double> scratch(square_sum_scratch + 1);
+        double* sum = scratch.data() + square_sum_scratch;
+        cuda::square_sum(x, n, sum, scratch.data(), stream_);
+        return all_reduced(comm, sum);
+    }
+
+private:
+    /// `*value` (device memory, written on the stream) summed over `comm`'s ranks and read
+    /// back. A communicator whose requests can hold a stream back (`Nccl`) orders the read
+    /// after its collective without the host waiting; any other completes it first.
+    template <class Comm>
+    double all_reduced(Comm& comm, double* value) const {
+        auto request = comm.all_reduce_async(value, 1, comm::ReduceOp::sum);
+        if constexpr (requires { request.make_wait(stream_); }) request.make_wait(stream_);
+        else request.wait();
+        double x = 0.0;
+        DS_CUDA_CHECK(cudaMemcpyAsync(&x, value, sizeof(double), cudaMemcpyDeviceToHost, stream_));
         synchronize();
         return x;
     }
 
-private:
     void synchronize() const { DS_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
     cudaStream_t stream_;

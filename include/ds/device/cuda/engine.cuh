@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -81,6 +82,20 @@ void order_after(Comm& comm, cudaStream_t stream) {
     else static_assert(sizeof(Comm) == 0, "ds::Cuda: the communicator must take device buffers (comm::Nccl, comm::CudaMpi)");
 }
 
+/// A communicator bound to one GPU (`Nccl`, to the device current when it was made) must
+/// be bound to the engine's: NCCL would otherwise read and write another GPU's memory.
+template <class Comm>
+void check_same_device(const Comm& comm, int engine_device) {
+    if constexpr (requires { comm.device(); }) {
+        const int bound = comm.device();
+        if (bound != engine_device)
+            throw std::invalid_argument("ds::Cuda: the communicator is on GPU " + std::to_string(bound) +
+                                        " but this rank's engine is on GPU " + std::to_string(engine_device) +
+                                        " (local_rank % device count): call cudaSetDevice(" +
+                                        std::to_string(engine_device) + ") before making the communicator");
+    }
+}
+
 /// Rank 0's initial parameters, broadcast through device memory (the communicator takes
 /// device buffers only), as every rank's.
 template <class Comm>
@@ -120,8 +135,10 @@ struct DeviceTraits<Cuda> {
     template <class State, class Comm>
     static State make_state(Context& ctx, Comm& world, Comm& experts, const Config& cfg,
                             std::span<const float> initial) {
-        cuda::order_after(world, ctx.stream());
-        if (&experts != &world) cuda::order_after(experts, ctx.stream());
+        for (Comm* comm : {&world, &experts}) {
+            cuda::check_same_device(*comm, ctx.device());
+            cuda::order_after(*comm, ctx.stream());
+        }
         return State(world, experts, cfg, cuda::broadcast_initial(world, initial, ctx.stream()),
                      cuda::DeviceMemory(ctx.stream()));
     }

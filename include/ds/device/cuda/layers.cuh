@@ -89,6 +89,8 @@ public:
     /// Where the products write.
     template <class G>
     T* target(G* dw) {
+        static_assert(!std::is_same_v<T, float> || std::is_same_v<G, float>,
+                      "ds::cuda::GradientSink: fp32 products have no scratch, so they add into fp32 gradients only");
         if constexpr (direct<G>) return dw;
         else return scratch_.data();
     }

@@ -3,7 +3,8 @@
 // images/s over 200 steps after 20 of warm-up, each step as the example runs it (upload
 // the batch, forward, download the logits, the loss on the host, backward, step) from
 // batches ready in host memory, and the host time each call takes. Its PyTorch
-// counterpart is the "torch CIFAR Net train step" row of pytorch_reference.py.
+// counterpart is the "torch CIFAR Net training as the example" row of pytorch_reference.py
+// (upload, loss.item(), clipping, fused Adam).
 // A separate program from bench_gpu, so that the engine's host dependencies cannot keep the
 // kernel figures from building. Without a CUDA device: "skipped: no CUDA device", exit 77.
 #include <chrono>

@@ -75,6 +75,7 @@
 #include <ds/optim/loss_scaler.hpp>
 #include <ds/optim/optimizer.hpp>
 #include <ds/optim/sgd.hpp>
+#include <ds/optim/strided_update.hpp>
 #include <ds/policy/device.hpp>
 #include <ds/policy/policies_for.hpp>
 #include <ds/policy/precision.hpp>

@@ -1,7 +1,10 @@
 // Optimizer math against float64 references, and the loss scaler's golden sequences (SPEC §12).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <random>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -11,6 +14,8 @@
 #include <ds/optim/lion.hpp>
 #include <ds/optim/sgd.hpp>
 #include <ds/optim/loss_scaler.hpp>
+#include <ds/optim/strided_update.hpp>
+#include <ds/numeric/bf16.hpp>
 
 namespace {
 
@@ -151,6 +156,62 @@ TEST_CASE("Adam's first step moves each parameter by about lr against the gradie
     float* states[2] = {m, v};
     ds::Adam<>::update(ds::AdamHyper{}, 1e-3, 1)(0, p, g, states);
     CHECK(p[0] == doctest::Approx(1.0 - 1e-3).epsilon(1e-6));  // m̂/sqrt(v̂) = sign(g) on step 1
+}
+
+/// `update_strided` (each GPU thread's share of the fused update) run for every thread of a
+/// simulated grid against the plain loop over the widened, scaled gradients: every element
+/// updated once (a missed or a repeated one is off by about lr), states alike, and the
+/// compute copy the rounding of the updated value. n gives each thread full rounds and a
+/// tail; a second, smaller n gives some threads nothing at all.
+template <class Opt, class G, class T>
+void check_update_strided(std::size_t n, std::size_t threads) {
+    constexpr std::size_t S = Opt::state_buffers;
+    constexpr float factor = 0.25f;
+    std::mt19937 rng(static_cast<std::uint32_t>(n));
+    std::uniform_real_distribution<float> signed_values(-1.0f, 1.0f), positive(0.0f, 1.0f);
+    std::vector<float> params(n);
+    std::vector<G> grads(n);
+    std::vector<std::vector<float>> states(S, std::vector<float>(n));
+    for (std::size_t i = 0; i < n; ++i) {
+        params[i] = signed_values(rng);
+        grads[i] = G(4.0f * signed_values(rng));
+        for (auto& state : states) state[i] = positive(rng);  // Adam's v must stay ≥ 0
+    }
+    const auto update = Opt::update(Opt::defaults, 1e-2, 3);
+
+    std::vector<float> expected = params, widened(n);
+    std::vector<std::vector<float>> expected_states = states;
+    std::vector<float*> expected_ptrs;
+    for (auto& state : expected_states) expected_ptrs.push_back(state.data());
+    for (std::size_t i = 0; i < n; ++i) widened[i] = static_cast<float>(grads[i]) * factor;
+    for (std::size_t i = 0; i < n; ++i) update(i, expected.data(), widened.data(), expected_ptrs.data());
+
+    std::vector<T> compute(n, T(-7.0f));
+    std::vector<float*> ptrs;
+    for (auto& state : states) ptrs.push_back(state.data());
+    for (std::size_t thread = 0; thread < threads; ++thread)
+        ds::update_strided<4, S>(update, params.data(), compute.data(), grads.data(), factor, ptrs.data(), n, thread,
+                                 threads);
+    const auto near = [](float got, float want) { return std::abs(got - want) <= 1e-6f * std::max(1.0f, std::abs(want)); };
+    std::size_t wrong = 0, wrong_states = 0, wrong_copy = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        wrong += !near(params[i], expected[i]);
+        for (std::size_t k = 0; k < S; ++k) wrong_states += !near(states[k][i], expected_states[k][i]);
+        if constexpr (!std::is_same_v<T, float>) wrong_copy += compute[i].bits != T(params[i]).bits;
+    }
+    CHECK(wrong == 0);
+    CHECK(wrong_states == 0);
+    CHECK(wrong_copy == 0);
+}
+
+TEST_CASE("update_strided: each GPU thread's share of the fused update is the plain loop, element by element") {
+    for (const std::size_t n : {std::size_t{1'013}, std::size_t{20}}) {
+        CAPTURE(n);
+        check_update_strided<ds::Adam<>, float, float>(n, 37);
+        check_update_strided<ds::Adam<>, ds::bf16, ds::bf16>(n, 37);
+        check_update_strided<ds::Lion<>, float, ds::bf16>(n, 37);
+        check_update_strided<ds::SGD<ds::SgdHyper{.lr = 0.1, .momentum = 0.9}>, ds::bf16, float>(n, 37);
+    }
 }
 
 TEST_CASE("DynamicLossScaler reproduces SPEC §12 (init 2^15, window 2, hysteresis 2)") {

@@ -3,7 +3,8 @@
 // (fp32, and bf16 gradients writing a bf16 compute copy) in GB/s, and cuBLASLt GEMMs in
 // TFLOP/s (bf16 at 4096³ and 8192³, fp16, fp32 and TF32 at 4096³, on random values), and
 // the CIFAR Net's training step at batch 16 in images/s (`cuda::DeviceSequential`, softmax
-// cross-entropy, fused Adam: the work of the engine's step on one GPU). A plain program rather than a
+// cross-entropy, fused Adam: the work of the engine's step on one GPU), eager and replayed
+// as a CUDA graph (what launching costs). A plain program rather than a
 // Google Benchmark suite: the GPU machines have no Debian packages. Each figure is the
 // median of 5 timed runs of `iterations` launches, after a warm-up; each row is printed as
 // it is measured, so a failure later keeps the figures before it.
@@ -71,6 +72,37 @@ void fill_random(T* x, std::size_t n, const ds::cuda::Stream& stream) {
     fill_random_kernel<<<1024, 256, 0, stream>>>(x, n);
     DS_CUDA_CHECK_LAUNCH();
 }
+
+/// What `body` enqueues on `stream`, captured once as an instantiated CUDA graph.
+class CapturedGraph {
+public:
+    CapturedGraph(const ds::cuda::Stream& stream, const std::function<void()>& body) {
+        DS_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        try {
+            body();
+        } catch (...) {
+            cudaStreamEndCapture(stream, &graph_);  // leaves the stream usable
+            if (graph_) cudaGraphDestroy(graph_);
+            throw;
+        }
+        DS_CUDA_CHECK(cudaStreamEndCapture(stream, &graph_));
+        if (const cudaError_t e = cudaGraphInstantiate(&exec_, graph_, 0); e != cudaSuccess) {
+            cudaGraphDestroy(graph_);
+            DS_CUDA_CHECK(e);
+        }
+    }
+    ~CapturedGraph() {
+        cudaGraphExecDestroy(exec_);
+        cudaGraphDestroy(graph_);
+    }
+    CapturedGraph(const CapturedGraph&) = delete;
+    CapturedGraph& operator=(const CapturedGraph&) = delete;
+    void launch(const ds::cuda::Stream& stream) const { DS_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+private:
+    cudaGraph_t graph_ = nullptr;
+    cudaGraphExec_t exec_ = nullptr;
+};
 
 /// One row of the Markdown table, printed at once: a failure later keeps the figures before it.
 void row(const std::string& name, double value, const char* unit, const std::string& note = "") {
@@ -183,7 +215,7 @@ int main(int argc, char** argv) {
             for (auto* b : {&m1, &v1}) fill(b->data(), b->bytes(), stream);
             fill(labels.data(), labels.bytes(), stream);
             const ds::cuda::StatePointers<2> net_states{{m1.data(), v1.data()}};
-            const double step_ms = median_ms(stream, 50, [&] {
+            const auto step = [&] {
                 DS_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), stream));
                 const float* logits = net.forward(x.data(), batch, w.data());
                 ds::cuda::softmax_cross_entropy(logits, labels.data(), classes, batch, losses.data(), dlogits.data(),
@@ -191,9 +223,21 @@ int main(int argc, char** argv) {
                 net.backward(dlogits.data(), w.data(), g.data());
                 ds::cuda::optimizer_step<2>(update, w.data(), static_cast<float*>(nullptr), g.data(), 1.0f, net_states,
                                             Net::param_count, stream);
-            });
+            };
+            const double step_ms = median_ms(stream, 50, step);
             row("CIFAR Net train step, batch 16, fp32", batch / step_ms * 1e3, "images/s",
                 "data on the GPU: forward, loss, backward, fused Adam (no engine)");
+            // The same step captured once and replayed as a CUDA graph: how much of the eager
+            // step is launching. Informative (PyTorch's row is eager); a refused capture is
+            // reported, not fatal.
+            try {
+                const CapturedGraph graph(stream, step);
+                const double graph_ms = median_ms(stream, 50, [&] { graph.launch(stream); });
+                row("CIFAR Net train step, batch 16, fp32, as a CUDA graph", batch / graph_ms * 1e3, "images/s",
+                    "the row above captured once and replayed");
+            } catch (const std::exception& e) {
+                std::printf("| CIFAR Net train step as a CUDA graph | - | images/s | capture failed: %s |\n", e.what());
+            }
         }
         return 0;
     } catch (const std::exception& e) {

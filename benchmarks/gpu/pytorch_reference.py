@@ -55,8 +55,21 @@ def warm_up(seconds, body):
         torch.cuda.synchronize()
 
 
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
+def use_tf32(on):
+    """fp32 matmuls and convolutions in TF32 or in full fp32 (torch >= 2.9's setting where it
+    exists: the older allow_tf32 flags are deprecated there)."""
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+    except (AttributeError, RuntimeError, ValueError):
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+
+
+use_tf32(False)
+# fp32 accumulation in bf16 / fp16 matmuls, as cuBLASLt's in dspp.
+torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})")
 print("| figure | value | unit | note |\n|---|---|---|---|", flush=True)
 
@@ -77,12 +90,12 @@ del p, adam, src, dst
 for dtype, name, size, tf32 in ((torch.bfloat16, "bf16", 4096, False), (torch.bfloat16, "bf16", 8192, False),
                                 (torch.float16, "fp16", 4096, False), (torch.float32, "fp32", 4096, False),
                                 (torch.float32, "TF32", 4096, True)):
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    use_tf32(tf32)
     a = torch.rand(size, size, device="cuda").mul_(2).sub_(1).to(dtype)  # random, as bench_gpu's
     b = torch.rand(size, size, device="cuda").mul_(2).sub_(1).to(dtype)
     ms = median_ms(lambda: torch.matmul(a, b), 10)
     row(f"torch.matmul {name} {size}^3", 2 * size ** 3 / ms / 1e9, "TFLOP/s", "the card's peak" if size == 8192 else "")
-torch.backends.cuda.matmul.allow_tf32 = False
+use_tf32(False)
 
 from pytorch_net import Net  # noqa: E402  (the example's Net, after the torch check)
 

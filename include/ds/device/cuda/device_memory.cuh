@@ -125,7 +125,9 @@ public:
 private:
     /// `*value` (device memory, written on the stream) summed over `comm`'s ranks and read
     /// back. A communicator whose requests can hold a stream back (`Nccl`) orders the read
-    /// after its collective without the host waiting; any other completes it first.
+    /// after its collective without the host waiting; any other completes it first. (The
+    /// one wait then covers kernel and collective together, so it is not counted as
+    /// communication time in the communicator's `CommCounters::seconds`.)
     template <class Comm>
     double all_reduced(Comm& comm, double* value) const {
         auto request = comm.all_reduce_async(value, 1, comm::ReduceOp::sum);

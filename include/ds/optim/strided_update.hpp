@@ -16,6 +16,38 @@
 
 namespace ds {
 
+namespace detail {
+
+/// Elements `at`, `at + stride`, … `at + (Count - 1)·stride`: loads, updates, stores.
+template <std::size_t Count, std::size_t States, class Update, class G, class T>
+DS_HOST_DEVICE void update_round(const Update& update, float* params, T* compute, const G* grads, float grad_factor,
+                                 float* const* states, std::size_t at, std::size_t stride) {
+    constexpr std::size_t slots = States > 0 ? States : 1;
+    float p[Count], g[Count], s[slots][Count];
+    DS_UNROLL(8)
+    for (std::size_t u = 0; u < Count; ++u) {
+        const std::size_t i = at + u * stride;
+        p[u] = params[i];
+        g[u] = static_cast<float>(grads[i]) * grad_factor;
+        for (std::size_t k = 0; k < States; ++k) s[k][u] = states[k][i];
+    }
+    DS_UNROLL(8)
+    for (std::size_t u = 0; u < Count; ++u) {
+        float* own[slots];
+        for (std::size_t k = 0; k < States; ++k) own[k] = &s[k][u];
+        update(0, &p[u], &g[u], own);
+    }
+    DS_UNROLL(8)
+    for (std::size_t u = 0; u < Count; ++u) {
+        const std::size_t i = at + u * stride;
+        params[i] = p[u];
+        for (std::size_t k = 0; k < States; ++k) states[k][i] = s[k][u];
+        if constexpr (!std::is_same_v<T, float>) compute[i] = T(p[u]);
+    }
+}
+
+}  // namespace detail
+
 /// Elements `first`, `first + stride`, `first + 2·stride`, … below `n` of a flat fp32 shard
 /// through an element-wise optimizer's `update` functor (`AdamUpdate`, `LionUpdate`,
 /// `SgdUpdate`): gradient `grads[i]` widened and multiplied by `grad_factor`, the `States`
@@ -26,50 +58,11 @@ template <std::size_t Unroll, std::size_t States, class Update, class G, class T
 DS_HOST_DEVICE void update_strided(const Update& update, float* params, T* compute, const G* grads, float grad_factor,
                                    float* const* states, std::size_t n, std::size_t first, std::size_t stride) {
     static_assert(Unroll > 0);
-    constexpr std::size_t slots = States > 0 ? States : 1;
     std::size_t i = first;
-    for (; i + (Unroll - 1) * stride < n; i += Unroll * stride) {
-        float p[Unroll], g[Unroll], s[slots][Unroll];
-#if defined(__CUDACC__)
-#pragma unroll
-#else
-#pragma GCC unroll 8
-#endif
-        for (std::size_t u = 0; u < Unroll; ++u) {
-            const std::size_t at = i + u * stride;
-            p[u] = params[at];
-            g[u] = static_cast<float>(grads[at]) * grad_factor;
-            for (std::size_t k = 0; k < States; ++k) s[k][u] = states[k][at];
-        }
-#if defined(__CUDACC__)
-#pragma unroll
-#else
-#pragma GCC unroll 8
-#endif
-        for (std::size_t u = 0; u < Unroll; ++u) {
-            float* own[slots];
-            for (std::size_t k = 0; k < States; ++k) own[k] = &s[k][u];
-            update(0, &p[u], &g[u], own);
-        }
-#if defined(__CUDACC__)
-#pragma unroll
-#else
-#pragma GCC unroll 8
-#endif
-        for (std::size_t u = 0; u < Unroll; ++u) {
-            const std::size_t at = i + u * stride;
-            params[at] = p[u];
-            for (std::size_t k = 0; k < States; ++k) states[k][at] = s[k][u];
-            if constexpr (!std::is_same_v<T, float>) compute[at] = T(p[u]);
-        }
-    }
-    for (; i < n; i += stride) {  // the last elements, fewer than Unroll
-        const float g = static_cast<float>(grads[i]) * grad_factor;
-        float* shifted[slots];
-        for (std::size_t k = 0; k < States; ++k) shifted[k] = states[k] + i;
-        update(0, params + i, &g, shifted);
-        if constexpr (!std::is_same_v<T, float>) compute[i] = T(params[i]);
-    }
+    for (; i + (Unroll - 1) * stride < n; i += Unroll * stride)
+        detail::update_round<Unroll, States>(update, params, compute, grads, grad_factor, states, i, stride);
+    for (; i < n; i += stride)  // the last elements, fewer than Unroll
+        detail::update_round<1, States>(update, params, compute, grads, grad_factor, states, i, stride);
 }
 
 }  // namespace ds

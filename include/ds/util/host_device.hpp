@@ -9,3 +9,12 @@
 #else
 #define DS_HOST_DEVICE inline
 #endif
+
+/// `DS_UNROLL(n) for (...)`: unrolls the loop that follows, fully under nvcc (whose trip
+/// counts here are compile-time) and up to n times under g++.
+#define DS_PRAGMA(text) _Pragma(#text)
+#if defined(__CUDACC__)
+#define DS_UNROLL(n) DS_PRAGMA(unroll)
+#else
+#define DS_UNROLL(n) DS_PRAGMA(GCC unroll n)
+#endif

@@ -20,11 +20,7 @@ struct WindowMax {
 template <std::size_t S>
 DS_HOST_DEVICE WindowMax window_max(const float* window, std::size_t row_stride) {
     WindowMax best{window[0], 0};
-#if defined(__CUDACC__)
-#pragma unroll
-#else
-#pragma GCC unroll 16
-#endif
+    DS_UNROLL(16)
     for (std::size_t k = 1; k < S * S; ++k) {
         const float v = window[(k / S) * row_stride + k % S];
         const bool take = v > best.value || v != v;

@@ -3,7 +3,7 @@
 /// `ds::comm::Threads`: N ranks as N threads of one process, with shared-memory collectives.
 
 #include <algorithm>
-#include <barrier>
+#include <condition_variable>
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -11,6 +11,7 @@
 #include <mutex>
 #include <numeric>
 #include <span>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -19,17 +20,69 @@
 
 namespace ds::comm {
 
+/// Thrown by a `Threads` collective when another rank of its world has failed: the collective
+/// can never complete, so it ends instead of waiting for a rank that will not arrive.
+class PeerFailed : public std::runtime_error {
+public:
+    PeerFailed() : std::runtime_error("ds::comm::Threads: another rank failed, so this collective cannot complete") {}
+};
+
 namespace detail {
+
+/// What all the groups of one world share: the lock their barriers wait under, and whether a
+/// rank has failed. One condition variable for every group, so that `abort` reaches ranks
+/// waiting in any sub-group made by `split`.
+struct ThreadWorld {
+    std::mutex mutex;
+    std::condition_variable changed;
+    bool aborted = false;
+
+    void abort() {
+        const std::lock_guard lock(mutex);
+        aborted = true;
+        changed.notify_all();
+    }
+};
 
 /// What the ranks of one thread group share: a barrier and one published pointer per rank.
 struct ThreadGroup {
-    explicit ThreadGroup(int n) : size(n), sync(n), inputs(n), outputs(n), colors(n), keys(n), children(n) {}
+    ThreadGroup(std::shared_ptr<ThreadWorld> w, int n)
+        : world(std::move(w)), size(n), inputs(n), outputs(n), colors(n), keys(n), children(n) {}
+    std::shared_ptr<ThreadWorld> world;
     int size;
-    std::barrier<> sync;
+    int arrived = 0;
+    unsigned long generation = 0;  ///< how many times the barrier has opened
     std::vector<const void*> inputs;
     std::vector<void*> outputs;
     std::vector<int> colors, keys;
     std::vector<std::shared_ptr<ThreadGroup>> children;
+
+    /// A collective's first meeting, once each rank has published its buffers: returns when all
+    /// `size` ranks have arrived; throws `PeerFailed` if the world is aborted before they have.
+    void meet() { wait_for_all(true); }
+
+    /// A collective's last meeting, once each rank is done with the others' buffers. It cannot
+    /// be aborted: the ranks that met all get here (the copies in between do not throw), and
+    /// a rank that left early would free a buffer another rank is still reading.
+    void finish() { wait_for_all(false); }
+
+private:
+    void wait_for_all(bool abortable) {
+        std::unique_lock lock(world->mutex);
+        if (abortable && world->aborted) throw PeerFailed();
+        const unsigned long opening = generation;
+        if (++arrived == size) {
+            arrived = 0;
+            ++generation;
+            world->changed.notify_all();
+            return;
+        }
+        world->changed.wait(lock, [&] { return generation != opening || (abortable && world->aborted); });
+        if (generation == opening) {
+            --arrived;
+            throw PeerFailed();
+        }
+    }
 };
 
 template <class T>
@@ -56,7 +109,7 @@ class Threads : public EagerAsync<Threads> {
 public:
     /// The n communicators of a new world, rank i at index i.
     static std::vector<Threads> world(int n) {
-        auto group = std::make_shared<detail::ThreadGroup>(n);
+        auto group = std::make_shared<detail::ThreadGroup>(std::make_shared<detail::ThreadWorld>(), n);
         std::vector<Threads> ranks;
         for (int r = 0; r < n; ++r) ranks.push_back(Threads(group, r));
         return ranks;
@@ -73,7 +126,7 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.outputs[rank_] = buf;
-        g.sync.arrive_and_wait();
+        g.meet();
         // Rank r reduces the r-th slice across all buffers and writes it back into all of them.
         const std::size_t first = n * rank_ / g.size, last = n * (rank_ + 1) / g.size;
         for (std::size_t i = first; i < last; ++i) {
@@ -81,7 +134,7 @@ public:
             for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<T*>(g.outputs[k])[i], op);
             for (int k = 0; k < g.size; ++k) static_cast<T*>(g.outputs[k])[i] = acc;
         }
-        g.sync.arrive_and_wait();
+        g.finish();
     }
 
     template <class T>
@@ -103,13 +156,13 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.sync.arrive_and_wait();
+        g.meet();
         for (std::size_t i = 0; i < counts[rank_]; ++i) {
             T acc = static_cast<const T*>(g.inputs[0])[offset + i];
             for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<const T*>(g.inputs[k])[offset + i], op);
             out[i] = acc;
         }
-        g.sync.arrive_and_wait();
+        g.finish();
     }
 
     template <class T>
@@ -118,12 +171,12 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.sync.arrive_and_wait();
+        g.meet();
         for (int k = 0; k < g.size; ++k) {
             const T* source = static_cast<const T*>(g.inputs[k]);
             if (source != out + k * n) std::copy_n(source, n, out + k * n);
         }
-        g.sync.arrive_and_wait();
+        g.finish();
     }
 
     template <class T>
@@ -132,9 +185,9 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = buf;
-        g.sync.arrive_and_wait();
+        g.meet();
         if (rank_ != root) std::copy_n(static_cast<const T*>(g.inputs[root]), n, buf);
-        g.sync.arrive_and_wait();
+        g.finish();
     }
 
     template <class T>
@@ -143,15 +196,15 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.sync.arrive_and_wait();
+        g.meet();
         for (int k = 0; k < g.size; ++k)
             std::copy_n(static_cast<const T*>(g.inputs[k]) + static_cast<std::size_t>(rank_) * n, n, out + k * n);
-        g.sync.arrive_and_wait();
+        g.finish();
     }
 
     void barrier() {
         const CommTimer timer(counters_.seconds);
-        group_->sync.arrive_and_wait();
+        group_->meet();
     }
 
     /// The ranks with the same `color`, ordered by (key, rank). Collective over this group.
@@ -159,22 +212,26 @@ public:
         auto& g = *group_;
         g.colors[rank_] = color;
         g.keys[rank_] = key;
-        g.sync.arrive_and_wait();
+        g.meet();
         std::vector<int> members;
         for (int r = 0; r < g.size; ++r)
             if (g.colors[r] == color) members.push_back(r);
         std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return g.keys[a] < g.keys[b]; });
         if (rank_ == *std::min_element(members.begin(), members.end())) {
-            auto child = std::make_shared<detail::ThreadGroup>(static_cast<int>(members.size()));
+            auto child = std::make_shared<detail::ThreadGroup>(g.world, static_cast<int>(members.size()));
             for (int m : members) g.children[m] = child;
         }
-        g.sync.arrive_and_wait();
+        g.finish();
         Threads sub(g.children[rank_],
                     static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin()));
-        g.sync.arrive_and_wait();  // everyone has taken its child before the slots are reused
+        g.finish();  // everyone has taken its child before the slots are reused
         return sub;
     }
 
+    /// What a rank that fails calls so that the others do not wait for it: from now on, a
+    /// collective of this world or of a sub-group whose ranks have not all arrived throws
+    /// `PeerFailed`, in the ranks waiting there and in those that call one later.
+    void abort() { group_->world->abort(); }
 
 private:
     Threads(std::shared_ptr<detail::ThreadGroup> group, int rank) : group_(std::move(group)), rank_(rank) {}
@@ -187,13 +244,13 @@ private:
 static_assert(communicator<Threads>);
 
 /// Runs `body(comm)` on n threads, one per rank of a new `Threads` world, and rethrows the
-/// first exception any rank threw (after all have finished or failed).
-/// A rank that throws mid-collective would leave the others waiting, so `body` should
-/// fail only between collectives (as test assertions do).
+/// exception of the rank that failed first, after all have finished. A failing rank aborts
+/// the world, so the others' collectives throw `PeerFailed` instead of waiting for it.
 template <class Body>
 void run_ranks(int n, Body&& body) {
     auto comms = Threads::world(n);
-    std::vector<std::exception_ptr> errors(n);
+    std::mutex failure;
+    std::exception_ptr first;
     {
         std::vector<std::jthread> threads;
         for (int r = 0; r < n; ++r)
@@ -201,12 +258,15 @@ void run_ranks(int n, Body&& body) {
                 try {
                     body(comms[r]);
                 } catch (...) {
-                    errors[r] = std::current_exception();
+                    {
+                        const std::lock_guard lock(failure);
+                        if (!first) first = std::current_exception();
+                    }
+                    comms[r].abort();
                 }
             });
     }
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+    if (first) std::rethrow_exception(first);
 }
 
 }  // namespace ds::comm

@@ -80,6 +80,7 @@
 #include <ds/policy/policies_for.hpp>
 #include <ds/policy/precision.hpp>
 #include <ds/policy/zero.hpp>
+#include <ds/sched/lr_range_test.hpp>
 #include <ds/sched/lr_scheduler.hpp>
 #include <ds/sched/one_cycle.hpp>
 #include <ds/sched/warmup.hpp>

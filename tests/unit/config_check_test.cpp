@@ -167,6 +167,15 @@ TEST_CASE("schedulers: required arguments and arguments of another type") {
     CHECK(ds::check(c, 1));
     c.scheduler = {.type = ds::SchedulerType::WarmupCosineLR, .params = {.total_num_steps = 1000}};
     CHECK(what(c).find("divide by zero") != std::string::npos);
+    c.scheduler = {.type = ds::SchedulerType::LRRangeTest};
+    CHECK(ds::check(c, 1));  // every argument has a default
+    c.scheduler.params.lr_range_test_step_size = 0;
+    CHECK(what(c).find("LRRangeTest needs scheduler.params.lr_range_test_step_size > 0") == 0);
+    c.scheduler.params.lr_range_test_step_size = 100;
+    c.scheduler.params.warmup_max_lr = 0.1;
+    CHECK(what(c) == "scheduler.params.warmup_max_lr is not a parameter of LRRangeTest");
+    c.scheduler = {.type = ds::SchedulerType::WarmupLR, .params = {.lr_range_test_staircase = true}};
+    CHECK(what(c) == "scheduler.params.lr_range_test_staircase is not a parameter of WarmupLR");
     Config no_optimizer = batch(16, {}, {});
     no_optimizer.scheduler.type = ds::SchedulerType::WarmupLR;
     CHECK(what(no_optimizer) == "scheduler WarmupLR requires an optimizer");

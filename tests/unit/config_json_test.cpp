@@ -57,6 +57,11 @@ TEST_CASE("save writes JSON that loads back identical") {
                                  .params = {.warmup_num_steps = 10, .warmup_type = ds::WarmupType::linear,
                                             .total_num_steps = 100, .cos_min_ratio = 0.25}},
                    .bf16 = {.enabled = true}},
+        ds::Config{.train_batch_size = 8,
+                   .optimizer = {.type = ds::OptimizerType::SGD, .params = {.lr = 0.1}},
+                   .scheduler = {.type = ds::SchedulerType::LRRangeTest,
+                                 .params = {.lr_range_test_min_lr = 2e-5, .lr_range_test_step_size = 50,
+                                            .lr_range_test_step_rate = 3.5, .lr_range_test_staircase = true}}},
     };
     const auto file = std::filesystem::temp_directory_path() / "dspp_roundtrip.json";
     for (const auto& cfg : configs) {
@@ -137,6 +142,23 @@ TEST_CASE("optimizer params are checked against the type; max_grad_norm points t
                    "use \"gradient_clipping\""));
     CHECK(contains(error_of(minimal_prefix + R"("scheduler": {"type": "WarmupLR", "params": {"total_num_steps": 9}},
         "optimizer": {"type": "Adam"}})"), "scheduler.params.total_num_steps: not a parameter of WarmupLR"));
+}
+
+TEST_CASE("DeepSpeed's LRRangeTest block loads, and its arguments belong to it alone") {
+    const auto c = ds::parse_config(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "scheduler": {"type": "LRRangeTest", "params": {"lr_range_test_min_lr": 1e-5, "lr_range_test_step_size": 200,
+                      "lr_range_test_step_rate": 5, "lr_range_test_staircase": true}}})", 1).config;
+    CHECK(c.scheduler.type == ds::SchedulerType::LRRangeTest);
+    CHECK(c.scheduler.params.lr_range_test_min_lr == 1e-5);
+    CHECK(c.scheduler.params.lr_range_test_step_size == 200);
+    CHECK(c.scheduler.params.lr_range_test_step_rate == 5.0);
+    CHECK(c.scheduler.params.lr_range_test_staircase);
+    CHECK(contains(error_of(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0, "cycle_max_lr": 1, "lr_range_test_step_rate": 2}}})"),
+                   "scheduler.params.lr_range_test_step_rate: not a parameter of OneCycle"));
+    CHECK(contains(error_of(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "scheduler": {"type": "LRRangeTest", "params": {"lr_range_test_step_size": 0}}})"),
+                   "lr_range_test_step_size > 0"));
 }
 
 TEST_CASE("aliases and legacy forms") {

@@ -118,6 +118,59 @@ TEST_CASE("OneCycle: lr and momentum over a cycle, then decay") {
     CHECK(s.get_lr() == doctest::Approx(0.01 / 1.5));
 }
 
+TEST_CASE("LRRangeTest: min · (1 + rate · (lbi + 1) / size), continuous or in stairs") {
+    for (const bool staircase : {false, true}) {
+        CAPTURE(staircase);
+        LRScheduler s({.type = SchedulerType::LRRangeTest,
+                       .params = {.lr_range_test_min_lr = 0.01, .lr_range_test_step_size = 4,
+                                  .lr_range_test_step_rate = 0.5, .lr_range_test_staircase = staircase}},
+                      0.3, 0.9);
+        // lr of the s-th applied step, s = 1, 2, ...: lbi = s − 2
+        std::vector<double> lrs{s.get_lr()};  // the constructor's minimum replaces the optimizer's 0.3
+        for (int step = 2; step <= 10; ++step) {
+            s.step();
+            lrs.push_back(s.get_lr());
+        }
+        const std::vector<double> expected =
+            staircase ? std::vector<double>{0.01, 0.01, 0.01, 0.01, 0.015, 0.015, 0.015, 0.015, 0.02, 0.02}
+                      : std::vector<double>{0.01, 0.01125, 0.0125, 0.01375, 0.015, 0.01625, 0.0175, 0.01875, 0.02, 0.02125};
+        for (std::size_t i = 0; i < expected.size(); ++i) {
+            CAPTURE(i);
+            CHECK(lrs[i] == doctest::Approx(expected[i]).epsilon(1e-12));
+        }
+    }
+}
+
+TEST_CASE("LRRangeTest with DeepSpeed's test_lr_schedulers parameters: starts at min, rises every step or stair") {
+    struct Case {
+        double min_lr, step_rate;
+        std::int64_t step_size;
+        bool staircase;
+    };
+    for (const Case c : {Case{1e-4, 1e-5, 1, true}, Case{1e-5, 1e-5, 1, false}, Case{1e-4, 1e-3, 10, true},
+                         Case{1e-3, 1e-3, 10, false}, Case{1e-2, 1e-2, 19, true}, Case{1e-2, 1e-2, 19, false}}) {
+        CAPTURE(c.step_size);
+        CAPTURE(c.staircase);
+        LRScheduler s({.type = SchedulerType::LRRangeTest,
+                       .params = {.lr_range_test_min_lr = c.min_lr, .lr_range_test_step_size = c.step_size,
+                                  .lr_range_test_step_rate = c.step_rate, .lr_range_test_staircase = c.staircase}},
+                      1e-3, 0.9);
+        CHECK(s.get_lr() == c.min_lr);
+        double previous = s.get_lr();
+        for (std::int64_t step = 1; step <= 3 * c.step_size + 1; ++step) {
+            s.step();  // lbi = step − 1: a new stair starts where step is a multiple of step_size
+            const bool rises = !c.staircase || step % c.step_size == 0;
+            CAPTURE(step);
+            if (rises) CHECK(s.get_lr() > previous);
+            else CHECK(s.get_lr() == previous);
+            previous = s.get_lr();
+        }
+        // after 3·size + 1 steps the interval is 3 + 2/size, or 3 in stairs
+        const double interval = c.staircase ? 3.0 : (3.0 * c.step_size + 2.0) / c.step_size;
+        CHECK(s.get_lr() == doctest::Approx(c.min_lr * (1.0 + c.step_rate * interval)));
+    }
+}
+
 TEST_CASE("no scheduler block keeps the optimizer's lr; steps and restores count") {
     LRScheduler s(ds::SchedulerConfig{}, 0.042, 0.8);
     for (int i = 0; i < 7; ++i) s.step();

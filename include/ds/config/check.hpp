@@ -179,6 +179,9 @@ constexpr CheckResult check_scheduler(const Config& c) {
         if (p.cycle_first_step_size <= 0 || p.cycle_second_step_size.value_or(1) <= 0)
             return broken("OneCycle step sizes must be > 0");
     }
+    if (type == SchedulerType::LRRangeTest && p.lr_range_test_step_size <= 0)
+        return broken("LRRangeTest needs scheduler.params.lr_range_test_step_size > 0: the lr's interval "
+                      "divides by it");
     return {};
 }
 

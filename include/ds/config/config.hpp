@@ -66,6 +66,10 @@ struct SchedulerParams {
     double cycle_min_mom = 0.8;                 ///< OneCycle
     double cycle_max_mom = 0.9;                 ///< OneCycle
     double decay_mom_rate = 0.0;                ///< OneCycle
+    double lr_range_test_min_lr = 1e-3;         ///< LRRangeTest
+    std::int64_t lr_range_test_step_size = 2000; ///< LRRangeTest
+    double lr_range_test_step_rate = 1.0;       ///< LRRangeTest
+    bool lr_range_test_staircase = false;       ///< LRRangeTest
     constexpr bool operator==(const SchedulerParams&) const = default;
 };
 
@@ -179,6 +183,9 @@ constexpr bool scheduler_accepts(SchedulerType type, std::string_view key) {
     if (key == "warmup_num_steps" || key == "warmup_type") return warmup || type == T::WarmupCosineLR;
     if (key == "total_num_steps") return type == T::WarmupDecayLR || type == T::WarmupCosineLR;
     if (key == "warmup_min_ratio" || key == "cos_min_ratio") return type == T::WarmupCosineLR;
+    if (key.starts_with("lr_range_test_"))
+        return type == T::LRRangeTest && (key == "lr_range_test_min_lr" || key == "lr_range_test_step_size" ||
+                                          key == "lr_range_test_step_rate" || key == "lr_range_test_staircase");
     return type == T::OneCycle &&
            (key == "cycle_min_lr" || key == "cycle_max_lr" || key == "decay_lr_rate" ||
             key == "cycle_first_step_size" || key == "cycle_second_step_size" || key == "cycle_first_stair_count" ||
@@ -228,7 +235,8 @@ BOOST_HANA_ADAPT_STRUCT(ds::SchedulerParams, warmup_min_lr, warmup_max_lr, warmu
                         total_num_steps, warmup_min_ratio, cos_min_ratio, cycle_min_lr, cycle_max_lr, decay_lr_rate,
                         cycle_first_step_size, cycle_second_step_size, cycle_first_stair_count,
                         cycle_second_stair_count, decay_step_size, cycle_momentum, cycle_min_mom, cycle_max_mom,
-                        decay_mom_rate);
+                        decay_mom_rate, lr_range_test_min_lr, lr_range_test_step_size, lr_range_test_step_rate,
+                        lr_range_test_staircase);
 BOOST_HANA_ADAPT_STRUCT(ds::SchedulerConfig, type, params);
 BOOST_HANA_ADAPT_STRUCT(ds::Fp16Config, enabled, auto_cast, loss_scale, initial_scale_power, loss_scale_window,
                         hysteresis, consecutive_hysteresis, min_loss_scale, fp16_master_weights_and_grads);

@@ -12,7 +12,7 @@ namespace ds {
 /// `optimizer.type`. `none` is DeepSpeed's absent optimizer block.
 enum class OptimizerType { none, Adam, AdamW, Lamb, Lion, SGD };
 /// `scheduler.type`. `none` is DeepSpeed's absent scheduler block.
-enum class SchedulerType { none, WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle };
+enum class SchedulerType { none, WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest };
 /// `scheduler.params.warmup_type`.
 enum class WarmupType { log, linear };
 /// `zero_optimization.offload_optimizer.device` / `offload_param.device`.
@@ -30,8 +30,8 @@ struct EnumNames<OptimizerType> {
 };
 template <>
 struct EnumNames<SchedulerType> {
-    static constexpr std::array<std::string_view, 5> names{"none", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR",
-                                                           "OneCycle"};
+    static constexpr std::array<std::string_view, 6> names{"none",           "WarmupLR", "WarmupDecayLR",
+                                                           "WarmupCosineLR", "OneCycle", "LRRangeTest"};
     static constexpr bool case_insensitive(SchedulerType) { return false; }
 };
 template <>

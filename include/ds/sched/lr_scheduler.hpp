@@ -7,6 +7,7 @@
 #include <variant>
 
 #include <ds/config/config.hpp>
+#include <ds/sched/lr_range_test.hpp>
 #include <ds/sched/one_cycle.hpp>
 #include <ds/sched/warmup.hpp>
 #include <ds/sched/warmup_cosine.hpp>
@@ -54,7 +55,7 @@ public:
     void set_last_batch_iteration(std::int64_t lbi) { last_batch_iteration_ = lbi; }
 
 private:
-    using Schedule = std::variant<ConstantLR, WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle>;
+    using Schedule = std::variant<ConstantLR, WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest>;
 
     static Schedule make(const SchedulerConfig& cfg, double optimizer_lr) {
         switch (cfg.type) {
@@ -62,6 +63,7 @@ private:
         case SchedulerType::WarmupDecayLR: return WarmupDecayLR(cfg.params);
         case SchedulerType::WarmupCosineLR: return WarmupCosineLR(cfg.params, optimizer_lr);
         case SchedulerType::OneCycle: return OneCycle(cfg.params);
+        case SchedulerType::LRRangeTest: return LRRangeTest(cfg.params);
         case SchedulerType::none: break;
         }
         return ConstantLR{optimizer_lr};

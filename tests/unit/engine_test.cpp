@@ -149,6 +149,25 @@ TEST_CASE("a non-finite gradient skips exactly that step and changes nothing") {
     CHECK(engine.optimizer().step_count() == 4);
 }
 
+TEST_CASE("an Adam engine given \"AdamW\" decouples weight decay even with adam_w_mode false") {
+    // DeepSpeed's effective mode is (type == "adamw") or adam_w_mode (test_adamw.py's table).
+    const Data data = make_data(8, 11);
+    auto trained = [&](ds::OptimizerType type, bool adam_w_mode) {
+        ds::Config cfg = adam_config(8, 1);
+        cfg.optimizer = {.type = type, .params = {.lr = 1e-2, .weight_decay = 0.5, .adam_w_mode = adam_w_mode}};
+        AdamEngine engine(cfg);
+        for (int i = 0; i < 3; ++i) {
+            micro_step(engine, data, 0, 8);
+            engine.step();
+        }
+        return engine.full_parameters();
+    };
+    const auto adamw_l2_asked = trained(ds::OptimizerType::AdamW, false);
+    CHECK(adamw_l2_asked == trained(ds::OptimizerType::AdamW, true));
+    CHECK(adamw_l2_asked == trained(ds::OptimizerType::Adam, true));
+    CHECK(adamw_l2_asked != trained(ds::OptimizerType::Adam, false));  // the one L2 case
+}
+
 TEST_CASE("WarmupLR: the first two applied steps use lr 0 and leave the weights unchanged") {
     const Data data = make_data(8, 5);
     ds::Config cfg = adam_config(8, 1);

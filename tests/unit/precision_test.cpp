@@ -228,10 +228,14 @@ TEST_CASE("FP16: the engine's loss scale follows SPEC §12's golden ZeRO sequenc
     for (int i = 0; i < 9; ++i) {
         micro_step(engine, data);
         if (overflow[i]) engine.gradients()[77] = ds::half(std::numeric_limits<float>::infinity());
+        const double scale = engine.loss_scale();
         engine.step();
         applied += !overflow[i];
         INFO("boundary step " << i + 1);
         CHECK(engine.was_step_applied() == !overflow[i]);
+        // DeepSpeed reports an overflowed norm as −1 / scale, a finite one as itself
+        if (overflow[i]) CHECK(engine.get_global_grad_norm() == -1.0 / scale);
+        else CHECK((std::isfinite(engine.get_global_grad_norm()) && engine.get_global_grad_norm() > 0));
         CHECK(engine.loss_scale() == expected[i]);
         CHECK(engine.optimizer().step_count() == applied);
     }

@@ -216,6 +216,14 @@ constexpr DynamicLossScaleArgs dynamic_loss_scale_args(const Fp16Config& fp16) {
             fp16.hysteresis.value_or(2), fp16.consecutive_hysteresis.value_or(false)};
 }
 
+/// `optimizer.params` as DeepSpeed applies them: "AdamW" decouples weight decay whatever
+/// `adam_w_mode` says, "Adam" only when it is true (SPEC §2.1).
+constexpr OptimizerParams effective_params(const OptimizerConfig& optimizer) {
+    OptimizerParams p = optimizer.params;
+    if (optimizer.type == OptimizerType::AdamW) p.adam_w_mode = true;
+    return p;
+}
+
 /// `overlap_comm` as DeepSpeed resolves it: the given value, else true for stage 3 only.
 constexpr bool overlap_comm(const ZeroConfig& zero) { return zero.overlap_comm.value_or(zero.stage == 3); }
 

@@ -132,7 +132,8 @@ public:
           scaler_(make_scaler(cfg_)),
           optimizer_(traits::template make_optimizer<optimizer_type>(
               device_,
-              cfg_.optimizer.type == OptimizerType::none ? Opt::defaults : Opt::hyper_from(cfg_.optimizer.params),
+              cfg_.optimizer.type == OptimizerType::none ? Opt::defaults
+                                                         : Opt::hyper_from(effective_params(cfg_.optimizer)),
               zero_.optimizer_elements())),
           scheduler_(cfg_.scheduler, optimizer_.hyper().lr, beta1_of(optimizer_.hyper())),
           io_(micro_batch() * input_size, micro_batch() * output_size, device_),
@@ -215,7 +216,8 @@ public:
     std::int64_t skipped_steps() const { return skipped_steps_; }
     std::int64_t micro_steps() const { return micro_steps_; }
     bool was_step_applied() const { return step_applied_; }
-    /// The unclipped, unscaled global L2 norm of the last boundary's gradient (NaN/inf if it overflowed).
+    /// The unclipped, unscaled global L2 norm of the last boundary's gradient; −1 / loss scale
+    /// if it overflowed (inf or NaN), as DeepSpeed reports it.
     double get_global_grad_norm() const { return global_grad_norm_; }
     /// The scale the next backward multiplies the loss by (1 unless fp16).
     double loss_scale() const { return scaler_.scale(); }
@@ -657,8 +659,9 @@ private:
     void take_model_step() {
         zero_.reduce_gradients();
         const double scale = scaler_.scale();
-        global_grad_norm_ = std::sqrt(zero_.gradient_square_norm()) / scale;
-        step_applied_ = std::isfinite(global_grad_norm_);
+        const double norm = std::sqrt(zero_.gradient_square_norm()) / scale;
+        step_applied_ = std::isfinite(norm);
+        global_grad_norm_ = step_applied_ ? norm : -1.0 / scale;  // DeepSpeed's overflow value (SPEC §5.1)
         if (step_applied_) {
             consecutive_skips_ = 0;
             std::optional<double> beta1, beta2 = scheduler_.beta2_override();

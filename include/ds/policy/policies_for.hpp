@@ -34,15 +34,15 @@ template <Config C>
 constexpr auto optimizer_for() {
     constexpr auto type = C.optimizer.type;
     if constexpr (type == OptimizerType::Adam || type == OptimizerType::none)
-        return std::type_identity<Adam<Adam<>::hyper_from(C.optimizer.params)>>{};
+        return std::type_identity<Adam<Adam<>::hyper_from(effective_params(C.optimizer))>>{};
     else if constexpr (type == OptimizerType::AdamW)
-        return std::type_identity<AdamW<AdamW<>::hyper_from(C.optimizer.params)>>{};
+        return std::type_identity<AdamW<AdamW<>::hyper_from(effective_params(C.optimizer))>>{};
     else if constexpr (type == OptimizerType::SGD)
-        return std::type_identity<SGD<SGD<>::hyper_from(C.optimizer.params)>>{};
+        return std::type_identity<SGD<SGD<>::hyper_from(effective_params(C.optimizer))>>{};
     else if constexpr (type == OptimizerType::Lion)
-        return std::type_identity<Lion<Lion<>::hyper_from(C.optimizer.params)>>{};
+        return std::type_identity<Lion<Lion<>::hyper_from(effective_params(C.optimizer))>>{};
     else
-        return std::type_identity<Lamb<Lamb<>::hyper_from(C.optimizer.params)>>{};
+        return std::type_identity<Lamb<Lamb<>::hyper_from(effective_params(C.optimizer))>>{};
 }
 
 template <Config C>

@@ -44,6 +44,7 @@
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/initialize.hpp>
 #include <ds/engine/partition.hpp>
+#include <ds/engine/wall_clock.hpp>
 #include <ds/engine/zero_state.hpp>
 #include <ds/io/checkpoint.hpp>
 #include <ds/io/model_weights.hpp>

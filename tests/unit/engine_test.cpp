@@ -1,10 +1,15 @@
 // The single-rank engine: accumulation, clipping, skipping, scheduling and bookkeeping,
 // each checked against an independent computation.
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include <doctest/doctest.h>
 
@@ -52,6 +57,49 @@ float micro_step(E& engine, const Data& data, std::size_t first, std::size_t n) 
 }
 
 std::vector<float> copy(std::span<const float> s) { return {s.begin(), s.end()}; }
+
+/// What the process writes to its standard output (descriptor 1) while this lives.
+class StdoutCapture {
+public:
+    StdoutCapture() : file_(std::tmpfile()), saved_(dup(1)) {
+        std::fflush(stdout);
+        dup2(fileno(file_), 1);
+    }
+    StdoutCapture(const StdoutCapture&) = delete;
+    StdoutCapture& operator=(const StdoutCapture&) = delete;
+    ~StdoutCapture() {
+        restore();
+        std::fclose(file_);
+    }
+    /// The lines written so far; stdout is restored.
+    std::vector<std::string> lines() {
+        restore();
+        std::string text;
+        std::rewind(file_);
+        for (int c; (c = std::fgetc(file_)) != EOF;) text += static_cast<char>(c);
+        std::vector<std::string> out;
+        std::istringstream in(text);
+        for (std::string line; std::getline(in, line);) out.push_back(line);
+        return out;
+    }
+
+private:
+    void restore() {
+        if (saved_ < 0) return;
+        std::fflush(stdout);
+        dup2(saved_, 1);
+        close(saved_);
+        saved_ = -1;
+    }
+    std::FILE* file_;
+    int saved_;
+};
+
+/// The number after " | name: " in a wall-clock line (NaN if the field is missing).
+double field(const std::string& line, const std::string& name) {
+    const auto at = line.find(" | " + name + ": ");
+    return at == std::string::npos ? std::nan("") : std::stod(line.substr(at + name.size() + 5));
+}
 
 }  // namespace
 
@@ -166,6 +214,68 @@ TEST_CASE("an Adam engine given \"AdamW\" decouples weight decay even with adam_
     CHECK(adamw_l2_asked == trained(ds::OptimizerType::AdamW, true));
     CHECK(adamw_l2_asked == trained(ds::OptimizerType::Adam, true));
     CHECK(adamw_l2_asked != trained(ds::OptimizerType::Adam, false));  // the one L2 case
+}
+
+TEST_CASE("WallClockBreakdown: DeepSpeed's fields in ms, micro-steps summed into the cycle") {
+    using clock = ds::WallClockBreakdown::clock;
+    ds::WallClockBreakdown w;
+    w.add(ds::TimedPhase::fwd, clock::now() - std::chrono::milliseconds(3));
+    w.add(ds::TimedPhase::step, clock::now() - std::chrono::microseconds(500));
+    const std::string first = w.micro_step_line();
+    CHECK(first.starts_with("time (ms) | fwd_microstep: "));
+    CHECK(field(first, "fwd_microstep") >= 3.0);
+    CHECK(field(first, "fwd_microstep") < 1000.0);
+    CHECK(field(first, "bwd_microstep") == 0.0);
+    CHECK(field(first, "step_microstep") >= 0.5);
+    w.add(ds::TimedPhase::fwd, clock::now() - std::chrono::milliseconds(2));
+    const std::string second = w.micro_step_line();
+    CHECK(field(second, "fwd_microstep") >= 2.0);
+    CHECK(field(second, "fwd_microstep") < field(first, "fwd_microstep") + 1000.0);
+    const std::string cycle = w.cycle_line();
+    CHECK(cycle.find("_microstep") == std::string::npos);
+    CHECK(field(cycle, "fwd") == doctest::Approx(field(first, "fwd_microstep") + field(second, "fwd_microstep")).epsilon(0.01));
+    for (const char* name : {"bwd", "bwd_inner", "bwd_allreduce"}) CHECK(field(cycle, name) == 0.0);
+    CHECK(field(w.cycle_line(), "fwd") == 0.0);  // a new cycle
+}
+
+TEST_CASE("wall_clock_breakdown: rank 0 logs each micro-step after step() and each cycle at its boundary") {
+    const Data data = make_data(16, 9);
+    for (const bool enabled : {false, true}) {
+        CAPTURE(enabled);
+        ds::Config cfg = adam_config(4, 2);
+        cfg.wall_clock_breakdown = enabled;
+        AdamEngine engine(cfg);
+        StdoutCapture capture;
+        for (std::size_t i = 0; i < 4; ++i) {
+            micro_step(engine, data, 4 * i, 4);
+            engine.step();
+        }
+        std::vector<std::string> micro, cycles;
+        for (const auto& line : capture.lines()) {
+            if (line.find("time (ms) | fwd_microstep: ") != std::string::npos) micro.push_back(line);
+            if (line.find("time (ms) | fwd: ") != std::string::npos) cycles.push_back(line);
+        }
+        REQUIRE(micro.size() == (enabled ? 4u : 0u));
+        REQUIRE(cycles.size() == (enabled ? 2u : 0u));
+        // Times print to 0.01 ms, so a phase of a few µs may read 0.00: only the whole
+        // backward is sure to show, and sums hold to the rounding.
+        double backward = 0.0;
+        for (const auto& line : micro) {
+            CAPTURE(line);
+            for (const char* name : {"fwd_microstep", "bwd_microstep", "bwd_inner_microstep",
+                                     "bwd_allreduce_microstep", "step_microstep"})
+                CHECK(field(line, name) >= 0.0);  // present (NaN if not) and not negative
+            CHECK(field(line, "bwd_microstep") >= field(line, "bwd_inner_microstep") - 0.01);
+            backward += field(line, "bwd_microstep");
+        }
+        if (enabled) CHECK(backward > 0.0);
+        for (std::size_t c = 0; c < cycles.size(); ++c)  // each cycle is its two micro-steps
+            for (const std::string name : {"fwd", "bwd", "bwd_inner", "bwd_allreduce", "step"}) {
+                CAPTURE(name);
+                const double sum = field(micro[2 * c], name + "_microstep") + field(micro[2 * c + 1], name + "_microstep");
+                CHECK(std::abs(field(cycles[c], name) - sum) <= 0.02);
+            }
+    }
 }
 
 TEST_CASE("WarmupLR: the first two applied steps use lr 0 and leave the weights unchanged") {

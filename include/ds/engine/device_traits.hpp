@@ -56,6 +56,8 @@ struct DeviceTraits<Cpu> {
     static Optimizer make_optimizer(Context&, const typename Optimizer::Hyper& hyper, std::size_t elements) {
         return Optimizer(hyper, elements);
     }
+    /// Waits for the device's queued work: nothing to wait for on the CPU.
+    static void synchronize(Context&) {}
     /// An all-to-all of host values over the expert-parallel group (blocks of n).
     static void all_to_all_from_host(comm::ExpertExchange& group, const float* in, float* out, std::size_t n,
                                      Context&) {

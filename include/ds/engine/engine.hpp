@@ -31,6 +31,7 @@
 #include <ds/device/cpu/simd.hpp>
 #include <ds/engine/device_traits.hpp>
 #include <ds/engine/flat_optimizer.hpp>
+#include <ds/engine/wall_clock.hpp>
 #include <ds/engine/zero_state.hpp>
 #include <ds/io/checkpoint.hpp>
 #include <ds/io/model_weights.hpp>
@@ -164,9 +165,12 @@ public:
             throw std::invalid_argument("Engine::forward: batch of " + std::to_string(batch) +
                                         " exceeds train_micro_batch_size_per_gpu " + std::to_string(model_.max_batch()));
         batch_in_flight_ = batch;
+        const auto start = phase_start();
         zero_.begin_pass(Pass::forward);
         const compute_type* out = model_.forward(io_.upload_inputs(inputs), batch, zero_);
-        return io_.download_outputs(out, batch * output_size);
+        const auto outputs = io_.download_outputs(out, batch * output_size);
+        phase_end(TimedPhase::fwd, start);
+        return outputs;
     }
 
     /// Backward from `loss` (whose gradient is with respect to the last forward's outputs),
@@ -184,17 +188,26 @@ public:
             for (std::size_t i = 0; i < n; ++i) scaled_grad_output_[i] = loss.grad_output[i] * factor;
             scaled = scaled_grad_output_.data();
         }
+        const auto start = phase_start();
         zero_.begin_pass(Pass::backward);
         model_.backward(io_.upload_grad_output(scaled, n), zero_);
+        phase_end(TimedPhase::bwd_inner, start);
+        const auto reductions = phase_start();
         zero_.backward_finished();
+        phase_end(TimedPhase::bwd_allreduce, reductions);
+        phase_end(TimedPhase::bwd, start);
         return loss.value / gas;
     }
 
     /// Ends a micro-step; at an accumulation boundary, clips, updates the parameters,
     /// clears the gradients and advances the schedule (SPEC §7).
     void step() {
-        if (is_gradient_accumulation_boundary()) take_model_step();
+        const auto start = phase_start();
+        const bool boundary = is_gradient_accumulation_boundary();
+        if (boundary) take_model_step();
         ++micro_steps_;
+        phase_end(TimedPhase::step, start);
+        if (cfg_.wall_clock_breakdown) report_wall_clock(boundary);
     }
 
     /// Whether the next `step()` ends a gradient accumulation cycle.
@@ -727,6 +740,27 @@ private:
                                      " consecutive steps had non-finite gradients");
     }
 
+    /// `wall_clock_breakdown`: a phase starts once the device has finished what came before
+    /// (as DeepSpeed's synchronized timers do), so each phase's time is its own work.
+    std::optional<WallClockBreakdown::clock::time_point> phase_start() {
+        if (!cfg_.wall_clock_breakdown) return std::nullopt;
+        traits::synchronize(device_);
+        return WallClockBreakdown::clock::now();
+    }
+    void phase_end(TimedPhase phase, const std::optional<WallClockBreakdown::clock::time_point>& start) {
+        if (!start) return;
+        traits::synchronize(device_);
+        wall_clock_.add(phase, *start);
+    }
+    /// After every step() the micro-step's times, at a boundary also the cycle's (rank 0).
+    void report_wall_clock(bool boundary) {
+        const std::string micro = wall_clock_.micro_step_line();
+        if (comm_.rank() == 0) log_line(LogLevel::info, micro);
+        if (!boundary) return;
+        const std::string cycle = wall_clock_.cycle_line();
+        if (comm_.rank() == 0) log_line(LogLevel::info, cycle);
+    }
+
     void report_progress() const {
         if (comm_.rank() != 0 || !cfg_.steps_per_print || (global_steps_ + 1) % cfg_.steps_per_print.value != 0) return;
         std::ostringstream line;
@@ -757,6 +791,7 @@ private:
     std::int64_t global_steps_ = 0, global_samples_ = 0, skipped_steps_ = 0, micro_steps_ = 0;
     int consecutive_skips_ = 0;
     double global_grad_norm_ = 0.0;
+    WallClockBreakdown wall_clock_;
     int local_rank_ = comm::init_distributed().local_rank;
     bool step_applied_ = false, training_ = true;
 };

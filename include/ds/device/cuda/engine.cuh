@@ -146,6 +146,8 @@ struct DeviceTraits<Cuda> {
     static Optimizer make_optimizer(Context& ctx, const typename Optimizer::Hyper& hyper, std::size_t elements) {
         return Optimizer(hyper, elements, ctx.stream());
     }
+    /// Waits for the compute stream (which backward's reductions are ordered before).
+    static void synchronize(Context& ctx) { DS_CUDA_CHECK(cudaStreamSynchronize(ctx.stream())); }
     /// An all-to-all of host values over the expert-parallel group, whose communicator
     /// takes device buffers: staged through the device.
     static void all_to_all_from_host(comm::ExpertExchange& group, const float* in, float* out, std::size_t n,

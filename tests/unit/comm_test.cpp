@@ -139,6 +139,17 @@ struct StallingValue {
     }
 };
 
+/// An element whose assignment throws in the thread that set `throws`.
+struct ThrowingValue {
+    int v = 0;
+    static inline thread_local bool throws = false;
+    ThrowingValue& operator=(const ThrowingValue& other) {
+        if (throws) throw std::length_error("copy failed");
+        v = other.v;
+        return *this;
+    }
+};
+
 }  // namespace
 
 TEST_CASE("an abort does not end a collective that every rank of its group has entered") {
@@ -147,6 +158,8 @@ TEST_CASE("an abort does not end a collective that every rank of its group has e
     // buffer): both complete the all-gather, and only their next world collective fails.
     using ds::comm::PeerFailed;
     using ds::comm::Threads;
+    StallingValue::copying = false;
+    StallingValue::released = false;
     std::atomic<int> completed{0};
     CHECK_THROWS_WITH_AS(ds::comm::run_ranks(3,
                                              [&](Threads& world) {
@@ -169,6 +182,26 @@ TEST_CASE("an abort does not end a collective that every rank of its group has e
                                              }),
                          "rank 2 failed", std::domain_error);
     CHECK(completed == 2);
+}
+
+TEST_CASE("a rank whose copy throws inside a collective still lets the others finish it") {
+    // The throwing rank attends the closing meeting while its exception unwinds; without it
+    // the other rank would wait there forever.
+    std::atomic<int> completed{0};
+    CHECK_THROWS_WITH_AS(ds::comm::run_ranks(2,
+                                             [&](ds::comm::Threads& comm) {
+                                                 std::vector<ThrowingValue> mine(8), all(16);
+                                                 for (auto& x : mine) x.v = comm.rank() + 1;
+                                                 ThrowingValue::throws = comm.rank() == 0;
+                                                 comm.all_gather(mine.data(), all.data(), mine.size());
+                                                 ThrowingValue::throws = false;
+                                                 CHECK(all[0].v == 1);
+                                                 CHECK(all[8].v == 2);
+                                                 ++completed;
+                                                 CHECK_THROWS_AS(comm.barrier(), ds::comm::PeerFailed);
+                                             }),
+                         "copy failed", std::length_error);
+    CHECK(completed == 1);
 }
 
 TEST_CASE("init_distributed reads torchrun's and mpirun's variables") {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,7 @@ std::vector<float> copy(std::span<const float> s) { return {s.begin(), s.end()};
 class StdoutCapture {
 public:
     StdoutCapture() : file_(std::tmpfile()), saved_(dup(1)) {
+        if (!file_ || saved_ < 0) throw std::runtime_error("StdoutCapture: no temporary file or descriptor");
         std::fflush(stdout);
         dup2(fileno(file_), 1);
     }

@@ -62,7 +62,7 @@ struct ThreadGroup {
     void meet() { wait_for_all(true); }
 
     /// A collective's last meeting, once each rank is done with the others' buffers. It cannot
-    /// be aborted: the ranks that met all get here (the copies in between do not throw), and
+    /// be aborted: the ranks that met all get here (`Meeting` brings even one that threw), and
     /// a rank that left early would free a buffer another rank is still reading.
     void finish() { wait_for_all(false); }
 
@@ -83,6 +83,20 @@ private:
             throw PeerFailed();
         }
     }
+};
+
+/// A rank's part in one collective: it meets the group on construction and attends the
+/// closing meeting on destruction, so a rank whose copying throws in between still lets
+/// the others finish (and then fails).
+class Meeting {
+public:
+    explicit Meeting(ThreadGroup& group) : group_(group) { group_.meet(); }
+    Meeting(const Meeting&) = delete;
+    Meeting& operator=(const Meeting&) = delete;
+    ~Meeting() { group_.finish(); }
+
+private:
+    ThreadGroup& group_;
 };
 
 template <class T>
@@ -126,7 +140,7 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.outputs[rank_] = buf;
-        g.meet();
+        const detail::Meeting meeting(g);  // until return: the closing meeting
         // Rank r reduces the r-th slice across all buffers and writes it back into all of them.
         const std::size_t first = n * rank_ / g.size, last = n * (rank_ + 1) / g.size;
         for (std::size_t i = first; i < last; ++i) {
@@ -134,7 +148,6 @@ public:
             for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<T*>(g.outputs[k])[i], op);
             for (int k = 0; k < g.size; ++k) static_cast<T*>(g.outputs[k])[i] = acc;
         }
-        g.finish();
     }
 
     template <class T>
@@ -156,13 +169,12 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.meet();
+        const detail::Meeting meeting(g);  // until return: the closing meeting
         for (std::size_t i = 0; i < counts[rank_]; ++i) {
             T acc = static_cast<const T*>(g.inputs[0])[offset + i];
             for (int k = 1; k < g.size; ++k) acc = detail::combine(acc, static_cast<const T*>(g.inputs[k])[offset + i], op);
             out[i] = acc;
         }
-        g.finish();
     }
 
     template <class T>
@@ -171,12 +183,11 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.meet();
+        const detail::Meeting meeting(g);  // until return: the closing meeting
         for (int k = 0; k < g.size; ++k) {
             const T* source = static_cast<const T*>(g.inputs[k]);
             if (source != out + k * n) std::copy_n(source, n, out + k * n);
         }
-        g.finish();
     }
 
     template <class T>
@@ -185,9 +196,8 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = buf;
-        g.meet();
+        const detail::Meeting meeting(g);  // until return: the closing meeting
         if (rank_ != root) std::copy_n(static_cast<const T*>(g.inputs[root]), n, buf);
-        g.finish();
     }
 
     template <class T>
@@ -196,10 +206,9 @@ public:
         const CommTimer timer(counters_.seconds);
         auto& g = *group_;
         g.inputs[rank_] = in;
-        g.meet();
+        const detail::Meeting meeting(g);  // until return: the closing meeting
         for (int k = 0; k < g.size; ++k)
             std::copy_n(static_cast<const T*>(g.inputs[k]) + static_cast<std::size_t>(rank_) * n, n, out + k * n);
-        g.finish();
     }
 
     void barrier() {
@@ -212,19 +221,22 @@ public:
         auto& g = *group_;
         g.colors[rank_] = color;
         g.keys[rank_] = key;
-        g.meet();
         std::vector<int> members;
-        for (int r = 0; r < g.size; ++r)
-            if (g.colors[r] == color) members.push_back(r);
-        std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return g.keys[a] < g.keys[b]; });
-        if (rank_ == *std::min_element(members.begin(), members.end())) {
-            auto child = std::make_shared<detail::ThreadGroup>(g.world, static_cast<int>(members.size()));
-            for (int m : members) g.children[m] = child;
+        {
+            const detail::Meeting meeting(g);  // closes once the children are published
+            for (int r = 0; r < g.size; ++r)
+                if (g.colors[r] == color) members.push_back(r);
+            std::stable_sort(members.begin(), members.end(), [&](int a, int b) { return g.keys[a] < g.keys[b]; });
+            if (rank_ == *std::min_element(members.begin(), members.end())) {
+                auto child = std::make_shared<detail::ThreadGroup>(g.world, static_cast<int>(members.size()));
+                for (int m : members) g.children[m] = child;
+            }
         }
-        g.finish();
         Threads sub(g.children[rank_],
                     static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin()));
-        g.finish();  // everyone has taken its child before the slots are reused
+        // Everyone has taken its child before the slots are reused. An abort may end this
+        // meeting: nothing is read past it.
+        g.meet();
         return sub;
     }
 

@@ -229,8 +229,9 @@ public:
     std::int64_t skipped_steps() const { return skipped_steps_; }
     std::int64_t micro_steps() const { return micro_steps_; }
     bool was_step_applied() const { return step_applied_; }
-    /// The unclipped, unscaled global L2 norm of the last boundary's gradient; −1 / loss scale
-    /// if it overflowed (inf or NaN), as DeepSpeed reports it.
+    /// The unclipped, unscaled global L2 norm of the last applied step's gradient (0 before
+    /// the first): a skipped step (inf or NaN) leaves it, as DeepSpeed's optimizers return
+    /// before storing the norm of an overflowing step.
     double get_global_grad_norm() const { return global_grad_norm_; }
     /// The scale the next backward multiplies the loss by (1 unless fp16).
     double loss_scale() const { return scaler_.scale(); }
@@ -674,7 +675,7 @@ private:
         const double scale = scaler_.scale();
         const double norm = std::sqrt(zero_.gradient_square_norm()) / scale;
         step_applied_ = std::isfinite(norm);
-        global_grad_norm_ = step_applied_ ? norm : -1.0 / scale;  // DeepSpeed's overflow value (SPEC §5.1)
+        if (step_applied_) global_grad_norm_ = norm;
         if (step_applied_) {
             consecutive_skips_ = 0;
             std::optional<double> beta1, beta2 = scheduler_.beta2_override();
@@ -755,10 +756,10 @@ private:
     /// After every step() the micro-step's times, at a boundary also the cycle's (rank 0).
     void report_wall_clock(bool boundary) {
         const std::string micro = wall_clock_.micro_step_line();
-        if (comm_.rank() == 0) log_line(LogLevel::info, micro);
+        if (comm_.rank() == 0) log_line(LogLevel::info, "[Rank 0] " + micro);  // DeepSpeed's log_dist prefix
         if (!boundary) return;
         const std::string cycle = wall_clock_.cycle_line();
-        if (comm_.rank() == 0) log_line(LogLevel::info, cycle);
+        if (comm_.rank() == 0) log_line(LogLevel::info, "[Rank 0] " + cycle);
     }
 
     void report_progress() const {

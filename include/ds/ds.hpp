@@ -53,6 +53,7 @@
 #include <ds/nn/cross_entropy.hpp>
 #include <ds/nn/flatten.hpp>
 #include <ds/nn/gating.hpp>
+#include <ds/nn/layer.hpp>
 #if __has_include(<cblas.h>)
 #include <ds/nn/linear.hpp>
 #endif
@@ -62,8 +63,11 @@
 #include <ds/nn/math/relu.hpp>
 #include <ds/nn/math/softmax_cross_entropy.hpp>
 #include <ds/nn/max_pool2d.hpp>
+#include <ds/nn/model.hpp>
 #include <ds/nn/moe.hpp>
+#include <ds/nn/parameter.hpp>
 #include <ds/nn/relu.hpp>
+#include <ds/nn/residual.hpp>
 #include <ds/nn/sequential.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/numeric/bf16.hpp>

@@ -16,6 +16,7 @@
 #include <ds/device/cpu/convert.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
+#include <ds/nn/model.hpp>
 #include <ds/policy/device.hpp>
 
 namespace ds {
@@ -37,9 +38,9 @@ struct DeviceTraits<Cpu> {
     template <class Comm>
     using communicator = Comm;
 
-    template <class Model, class T>
+    template <model Model, class T>
     using network = typename Model::template with_storage<T>;
-    template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
+    template <zero_policy Z, precision_policy P, model Model, comm::communicator Comm>
     using state = ZeroState<Z, P, Model, Comm>;
     template <optimizer Opt>
     using optimizer = FlatOptimizer<Opt>;

@@ -36,6 +36,7 @@
 #include <ds/io/checkpoint.hpp>
 #include <ds/io/model_weights.hpp>
 #include <ds/nn/cross_entropy.hpp>
+#include <ds/nn/model.hpp>
 #include <ds/optim/adam.hpp>
 #include <ds/optim/optimizer.hpp>
 #include <ds/policy/device.hpp>
@@ -79,8 +80,12 @@ struct MemoryReport {
 /// its states live: `Cpu`, or `Cuda` with `ds/device/cuda/engine.cuh` included (every ZeRO
 /// stage, precision and MoE layer; the communicator must take device buffers:
 /// `comm::Single`, which runs as `comm::CudaSingle`, `comm::Nccl`, `comm::CudaMpi`).
+///
+/// `Model` is a `ds::model` (ds/nn/model.hpp): a `ds::nn::Sequential` of `ds::layer`s,
+/// the library's or the user's own; a type that is not names the requirement it misses.
 template <class Model, optimizer Opt = Adam<>, zero_policy Z = Zero<0>, precision_policy P = FP32,
           device_policy D = Cpu, comm::communicator Comm = comm::Single>
+    requires(explain_model<Model>())
 class Engine {
     static_assert(requires { typename DeviceTraits<D>::Context; },
                   "ds::Engine: no DeviceTraits for this device policy (for ds::Cuda include <ds/device/cuda/engine.cuh>)");

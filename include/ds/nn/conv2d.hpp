@@ -11,6 +11,7 @@
 #include <ds/device/cpu/conv_kernels.hpp>
 #include <ds/device/cpu/simd.hpp>
 #include <ds/device/cpu/threads.hpp>
+#include <ds/nn/layer.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -152,5 +153,7 @@ struct Conv2d {
         std::vector<Scratch> scratch_;
     };
 };
+
+static_assert(ds::layer<Conv2d<1, 2, 3>, Image<1, 5, 5>>);
 
 }  // namespace ds::nn

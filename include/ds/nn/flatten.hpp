@@ -6,6 +6,7 @@
 #include <array>
 #include <cstddef>
 
+#include <ds/nn/layer.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -30,5 +31,7 @@ struct Flatten {
         }
     };
 };
+
+static_assert(ds::layer<Flatten, Image<1, 2, 2>>);
 
 }  // namespace ds::nn

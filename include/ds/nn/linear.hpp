@@ -7,6 +7,7 @@
 #include <cstddef>
 
 #include <ds/device/cpu/gemm.hpp>
+#include <ds/nn/layer.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -61,5 +62,7 @@ struct Linear {
         }
     };
 };
+
+static_assert(ds::layer<Linear<2, 3>, Features<2>>);
 
 }  // namespace ds::nn

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <ds/nn/math/max_pool.hpp>
+#include <ds/nn/layer.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -66,5 +67,7 @@ struct MaxPool2d {
         }
     };
 };
+
+static_assert(ds::layer<MaxPool2d<2>, Image<1, 4, 4>>);
 
 }  // namespace ds::nn

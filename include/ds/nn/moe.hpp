@@ -118,11 +118,10 @@ namespace detail {
 
 /// "l.deepspeed_moe.experts.deepspeed_experts.i.weight" and friends, built at compile time.
 struct ParamName {
-    std::array<char, 64> text{};
+    std::array<char, 128> text{};
     std::size_t size = 0;
     constexpr ParamName& add(std::string_view s) {
-        for (char c : s)
-            if (size + 1 < text.size()) text[size++] = c;
+        for (char c : s) text.at(size++) = c;  // a longer name stops compilation, never cut
         return *this;
     }
     constexpr ParamName& add(std::size_t v) {

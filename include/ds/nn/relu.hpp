@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include <ds/nn/math/relu.hpp>
+#include <ds/nn/layer.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -33,5 +34,7 @@ struct ReLU {
         }
     };
 };
+
+static_assert(ds::layer<ReLU, Features<3>>);
 
 }  // namespace ds::nn

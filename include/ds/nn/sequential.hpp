@@ -13,6 +13,9 @@
 #include <vector>
 
 #include <ds/device/cpu/convert.hpp>
+#include <ds/nn/layer.hpp>
+#include <ds/nn/model.hpp>
+#include <ds/nn/parameter.hpp>
 #include <ds/nn/shape.hpp>
 #include <ds/util/rng.hpp>
 
@@ -28,20 +31,6 @@ struct Named {
     struct Bound : Layer::template Bound<Input> {
         static constexpr std::string_view name = Name.view();
     };
-};
-
-/// One parameter tensor of a model: its full name, offset in the flat buffer and shape.
-struct Parameter {
-    std::array<char, 64> name_storage{};
-    std::size_t offset = 0;
-    TensorShape shape{};
-    constexpr std::string_view name() const { return {name_storage.data(), std::string_view(name_storage.data()).size()}; }
-    constexpr std::size_t numel() const { return shape.numel(); }
-};
-
-/// Where a layer's parameters live in the flat buffer: [offset, offset + count).
-struct LayerRange {
-    std::size_t offset, count;
 };
 
 /// The per-layer hooks of a model whose parameters are one flat buffer of `T` and whose
@@ -65,6 +54,7 @@ struct Chain {
 };
 template <class Input, class First, class... Rest>
 struct Chain<Input, First, Rest...> {
+    static_assert(explain_layer<First, Input>());
     using bound = typename First::template Bound<Input>;
     using rest = Chain<typename bound::output_shape, Rest...>;
     using layers = decltype(std::tuple_cat(std::declval<std::tuple<bound>>(), std::declval<typename rest::layers>()));
@@ -110,19 +100,29 @@ struct WithEp<L, Ep> {
     using type = typename L::template with_ep_size<Ep>;
 };
 
-constexpr void append(std::array<char, 64>& out, std::size_t& at, std::string_view s) {
-    for (char c : s)
-        if (at + 1 < out.size()) out[at++] = c;
-}
-
-constexpr void append_number(std::array<char, 64>& out, std::size_t& at, std::size_t v) {
-    char digits[20]{};
-    int n = 0;
+/// A number as decimal text, for the names of unnamed layers ("0.weight").
+struct DecimalText {
+    char text[20]{};
+    std::size_t size = 0;
+    constexpr std::string_view view() const { return {text, size}; }
+};
+constexpr DecimalText decimal(std::size_t v) {
+    DecimalText reversed, out;
     do {
-        digits[n++] = static_cast<char>('0' + v % 10);
+        reversed.text[reversed.size++] = static_cast<char>('0' + v % 10);
         v /= 10;
     } while (v);
-    while (n > 0) append(out, at, std::string_view(&digits[--n], 1));
+    while (out.size < reversed.size) out.text[out.size] = reversed.text[reversed.size - 1 - out.size], ++out.size;
+    return out;
+}
+template <std::size_t I>
+inline constexpr DecimalText decimal_text = decimal(I);
+
+/// The first part of the names of layer `L`'s tensors: its `Named` name, else its index.
+template <class L, std::size_t I>
+constexpr std::string_view layer_prefix() {
+    if constexpr (requires { L::name; }) return L::name;
+    else return decimal_text<I>.view();
 }
 
 template <FixedString Name, class L, std::size_t Ep>
@@ -208,11 +208,6 @@ class BasicSequential : public LayerSettings<BasicSequential<T, Input, Layers...
     template <std::size_t I>
     static constexpr bool has_experts = detail::has_expert_params<layer_t<I>>;
     template <std::size_t I>
-    static constexpr std::size_t expert_tensor_count() {
-        if constexpr (has_experts<I>) return layer_t<I>::expert_params.size();
-        else return 0;
-    }
-    template <std::size_t I>
     static constexpr std::size_t expert_block_count() {
         if constexpr (has_experts<I>) return layer_t<I>::expert_blocks.size();
         else return 0;
@@ -273,36 +268,65 @@ public:
     template <std::size_t Ep>
     using with_expert_parallel = BasicSequential<T, Input, typename detail::WithEp<Layers, Ep>::type...>;
 
-    /// Every parameter tensor with its PyTorch name (`fc1.weight`), offset and shape: the
-    /// dense ones in layer order, then this rank's experts in layer order.
-    static constexpr auto parameters = [] {
-        std::array<Parameter, ([]<std::size_t... I>(std::index_sequence<I...>) {
-                                  return ((expert_tensor_count<I>() + layer_t<I>::params.size()) + ... + 0);
-                              }(std::make_index_sequence<layer_count>{}))>
-            table{};
-        std::size_t next = 0;
-        const auto add = [&]<std::size_t I>(std::size_t offset, const auto& specs) {
-            using L = layer_t<I>;
-            for (const auto& spec : specs) {
-                Parameter& p = table[next++];
-                std::size_t at = 0;
-                if constexpr (requires { L::name; }) detail::append(p.name_storage, at, L::name);
-                else detail::append_number(p.name_storage, at, I);
-                detail::append(p.name_storage, at, ".");
-                detail::append(p.name_storage, at, spec.name);
-                p.offset = offset;
-                p.shape = spec.shape;
-                offset += spec.shape.numel();
-            }
+private:
+    /// Calls `f(std::integral_constant<std::size_t, I>, spec, offset)` for every tensor of
+    /// layer I, in table order: the dense ones in layer order, then the experts.
+    static constexpr auto for_each_tensor = [](auto&& f) {
+        const auto specs = [&](auto layer, std::size_t at, const auto& list) {
+            for (const auto& spec : list) f(layer, spec, at), at += spec.shape.numel();
         };
         [&]<std::size_t... I>(std::index_sequence<I...>) {
-            (add.template operator()<I>(layer_offsets[I], layer_t<I>::params), ...);
+            (specs(std::integral_constant<std::size_t, I>{}, layer_offsets[I], layer_t<I>::params), ...);
             (
                 [&] {
-                    if constexpr (has_experts<I>) add.template operator()<I>(expert_offsets[I], layer_t<I>::expert_params);
+                    if constexpr (has_experts<I>)
+                        specs(std::integral_constant<std::size_t, I>{}, expert_offsets[I], layer_t<I>::expert_params);
                 }(),
                 ...);
         }(std::make_index_sequence<layer_count>{});
+    };
+    /// The name's first part for the tensors of layer `I` (an integral_constant).
+    static constexpr auto prefix = [](auto layer) {
+        return detail::layer_prefix<layer_t<decltype(layer)::value>, decltype(layer)::value>();
+    };
+    static constexpr std::size_t tensor_count = [] {
+        std::size_t n = 0;
+        for_each_tensor([&](auto, const auto&, std::size_t) { ++n; });
+        return n;
+    }();
+    /// The text of every name, one after another: names of any length, in constexpr storage.
+    static constexpr auto name_text = [] {
+        constexpr std::size_t chars = [] {
+            std::size_t n = 0;
+            for_each_tensor([&](auto layer, const auto& spec, std::size_t) {
+                n += prefix(layer).size() + 1 + spec.name.size();
+            });
+            return n;
+        }();
+        std::array<char, chars> text{};
+        std::size_t at = 0;
+        const auto put = [&](std::string_view s) {
+            for (char c : s) text[at++] = c;
+        };
+        for_each_tensor([&](auto layer, const auto& spec, std::size_t) {
+            put(prefix(layer));
+            put(".");
+            put(spec.name);
+        });
+        return text;
+    }();
+
+public:
+    /// Every parameter tensor with its PyTorch name (`fc1.weight`), offset and shape: the
+    /// dense ones in layer order, then this rank's experts in layer order.
+    static constexpr auto parameters = [] {
+        std::array<Parameter, tensor_count> table{};
+        std::size_t next = 0, at = 0;
+        for_each_tensor([&](auto layer, const auto& spec, std::size_t offset) {
+            const std::size_t length = prefix(layer).size() + 1 + spec.name.size();
+            table[next++] = {std::string_view(name_text.data() + at, length), offset, spec.shape};
+            at += length;
+        });
         return table;
     }();
 
@@ -424,6 +448,16 @@ public:
     /// micro-batch (ZeRO-2/3 reduce it there, overlapping the layers still to come).
     template <class Hooks>
     void backward(const T* grad_output, Hooks& hooks) {
+        backward(grad_output, hooks, input_, nullptr);
+    }
+
+    /// Backward as above, from the last forward's `input` (the same values, wherever they
+    /// are now), also writing d loss / d input to `grad_input` (batch × input size) unless
+    /// it is null: what a block around this chain (`nn::Residual`) needs.
+    template <class Hooks>
+    void backward(const T* grad_output, Hooks& hooks, const T* input, T* grad_input) {
+        input_ = input;
+        grad_input_ = grad_input;
         std::copy_n(grad_output, batch_ * output_shape::size, grad_a_.data());
         backward_from<layer_count - 1>(grad_a_.data(), grad_b_.data(), hooks);
     }
@@ -515,13 +549,14 @@ private:
                 cpu::convert(we, we32_.data(), experts.count);
                 std::fill_n(dwe32_.begin(), experts.count, 0.0f);
             }
-            run(x32_.data(), y32_.data(), dy32_.data(), I == 0 ? nullptr : dx32_.data(), w32_.data(), dw32_.data(),
-                we32_.data(), dwe32_.data());
+            float* dx32 = I == 0 && !grad_input_ ? nullptr : dx32_.data();
+            run(x32_.data(), y32_.data(), dy32_.data(), dx32, w32_.data(), dw32_.data(), we32_.data(), dwe32_.data());
             if constexpr (I > 0) cpu::convert(dx32_.data(), dx, batch_ * in_size<I>);
+            else if (grad_input_) cpu::convert(dx32_.data(), grad_input_, batch_ * in_size<I>);
             if constexpr (range.count > 0) cpu::accumulate_rounded<T>(dw32_.data(), dw, range.count);
             if constexpr (experts.count > 0) cpu::accumulate_rounded<T>(dwe32_.data(), dwe, experts.count);
         } else {
-            run(layer_input<I>(), activations_[I].data(), dy, I == 0 ? nullptr : dx, w, dw, we, dwe);
+            run(layer_input<I>(), activations_[I].data(), dy, I == 0 ? grad_input_ : dx, w, dw, we, dwe);
         }
         if constexpr (range.count > 0) hooks.backward_done(range);
         if constexpr (experts.count > 0) hooks.backward_done(experts);
@@ -533,6 +568,7 @@ private:
     std::vector<T> grad_a_, grad_b_;
     std::vector<float> x32_, y32_, dy32_, dx32_, w32_, dw32_, we32_, dwe32_;  ///< float work buffers (2-byte T only)
     const T* input_ = nullptr;
+    T* grad_input_ = nullptr;  ///< where backward writes d loss / d input (none for a whole model)
     std::size_t batch_ = 0;
     std::size_t max_batch_;
 };

@@ -42,6 +42,7 @@
 #include <ds/engine/device_traits.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/zero_state.hpp>
+#include <ds/nn/model.hpp>
 #include <ds/policy/precision.hpp>
 #include <ds/policy/zero.hpp>
 
@@ -120,10 +121,10 @@ struct DeviceTraits<Cuda> {
     template <class Comm>
     using communicator = std::conditional_t<std::is_same_v<Comm, comm::Single>, comm::CudaSingle, Comm>;
 
-    template <class Model, class T>
+    template <model Model, class T>
     using network = cuda::DeviceSequential<typename Model::template with_storage<T>>;
     /// The CPU engine's own ZeRO stages, over device buffers on the compute stream.
-    template <zero_policy Z, precision_policy P, class Model, comm::communicator Comm>
+    template <zero_policy Z, precision_policy P, model Model, comm::communicator Comm>
     using state = ZeroState<Z, P, Model, Comm, cuda::DeviceMemory>;
     template <optimizer Opt>
     using optimizer = cuda::FlatOptimizer<Opt>;

@@ -9,9 +9,11 @@
 // network. The run checks its own result (the loss must fall) before it reports.
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
+#include <stdexcept>
+#include <system_error>
 #include <exception>
 #include <fstream>
 #include <iostream>
@@ -74,27 +76,37 @@ struct Args {
     int steps = 300, log_interval = 50;
     std::uint64_t seed = 1;
     std::string metrics_json, deepspeed_config;
+    bool help = false;
 };
+
+/// The whole of `text` as a number ≥ `least`, or an error naming the flag.
+template <class N>
+N number(const std::string& flag, const std::string& text, N least) {
+    N value{};
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || end != text.data() + text.size() || value < least)
+        throw std::invalid_argument(flag + ": expected an integer of at least " + std::to_string(least) + ", got '" +
+                                    text + "'");
+    return value;
+}
 
 Args parse(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--help" || flag == "-h") {
-            std::cout << "custom_model [--steps N] [--log-interval N] [--seed N] [--metrics-json FILE] "
-                         "[--deepspeed_config FILE]\n";
-            std::exit(0);
+            a.help = true;
+            continue;
         }
         if (i + 1 >= argc) throw std::invalid_argument(flag + ": needs a value (see --help)");
         const std::string value = argv[++i];
-        if (flag == "--steps") a.steps = std::stoi(value);
-        else if (flag == "--log-interval") a.log_interval = std::stoi(value);
-        else if (flag == "--seed") a.seed = std::stoull(value);
+        if (flag == "--steps") a.steps = number(flag, value, 1);
+        else if (flag == "--log-interval") a.log_interval = number(flag, value, 1);
+        else if (flag == "--seed") a.seed = number<std::uint64_t>(flag, value, 0);
         else if (flag == "--metrics-json") a.metrics_json = value;
         else if (flag == "--deepspeed_config") a.deepspeed_config = value;
         else throw std::invalid_argument("unknown flag " + flag + " (see --help)");
     }
-    if (a.steps < 1 || a.log_interval < 1) throw std::invalid_argument("--steps and --log-interval must be positive");
     return a;
 }
 
@@ -135,6 +147,11 @@ int main(int argc, char** argv) {
     ds::comm::MpiSession session(&argc, &argv);
     try {
         const Args args = parse(argc, argv);
+        if (args.help) {
+            std::cout << "custom_model [--steps N] [--log-interval N] [--seed N] [--metrics-json FILE] "
+                         "[--deepspeed_config FILE]\n";
+            return 0;
+        }
         ds::comm::Mpi world;
         const int ranks = world.size(), rank = world.rank();
         Engine engine(make_config(args, ranks), std::move(world));

@@ -51,6 +51,7 @@
 #include <ds/io/safetensors.hpp>
 #include <ds/nn/conv2d.hpp>
 #include <ds/nn/cross_entropy.hpp>
+#include <ds/nn/embedding.hpp>
 #include <ds/nn/flatten.hpp>
 #include <ds/nn/gating.hpp>
 #include <ds/nn/layer.hpp>

@@ -104,6 +104,25 @@ TEST_CASE("keys DeepSpeed knows but dspp does not implement are warnings naming 
     CHECK(contains(loaded.warnings[1], "zero_optimization.zero_hpz_partition_size"));
 }
 
+TEST_CASE("ZeRO tuning keys dspp does not act on yet are warnings, where DeepSpeed would use them") {
+    const auto stage3 = ds::parse_config(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "zero_optimization": {"stage": 3, "sub_group_size": 1000, "stage3_max_live_parameters": 10,
+                              "stage3_prefetch_bucket_size": 10, "stage3_max_reuse_distance": 10,
+                              "allgather_bucket_size": 1000}})", 1, "z.json");
+    REQUIRE(stage3.warnings.size() == 4);  // allgather_bucket_size is a stage 1-2 key
+    CHECK(contains(stage3.warnings[0], "z.json: zero_optimization.sub_group_size: not honoured by dspp yet"));
+    CHECK(contains(stage3.warnings[1], "stage3_max_live_parameters"));
+    CHECK(contains(stage3.warnings[2], "stage3_prefetch_bucket_size"));
+    CHECK(contains(stage3.warnings[3], "stage3_max_reuse_distance"));
+    const auto stage2 = ds::parse_config(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "zero_optimization": {"stage": 2, "allgather_bucket_size": 1000, "sub_group_size": 1000}})", 1);
+    REQUIRE(stage2.warnings.size() == 1);
+    CHECK(contains(stage2.warnings[0], "zero_optimization.allgather_bucket_size: not honoured"));
+    const auto defaults = ds::parse_config(minimal_prefix + R"("optimizer": {"type": "Adam"},
+        "zero_optimization": {"stage": 3, "sub_group_size": 1e9}})", 1);
+    CHECK(defaults.warnings.empty());  // the default, written out
+}
+
 TEST_CASE("wrong types name the key and the expected type") {
     CHECK(contains(error_of(minimal_prefix + R"("zero_optimization": {"stage": "2"}})"),
                    "zero_optimization.stage: expected an integer, got string \"2\""));

@@ -1,7 +1,7 @@
-// A user's own layer and a residual block (tests/common/custom_model.hpp): the concepts that
-// admit them, their parameter names, their gradients against a float64 re-computation by
-// finite differences, and training at every ZeRO stage and precision on 1 and 2 ranks equal
-// to stage 0.
+// A user's own layer and a residual block (tests/common/custom_model.hpp), and a token model
+// (ids in, a loss per position): the concepts that admit them, their parameter names, their
+// gradients against a float64 re-computation by finite differences, and training at every
+// ZeRO stage and precision on 1 and 2 ranks equal to stage 0.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +16,7 @@
 #include <ds/comm/threads.hpp>
 #include <ds/engine/engine.hpp>
 #include <ds/io/model_weights.hpp>
+#include <ds/nn/embedding.hpp>
 #include <ds/nn/moe.hpp>
 
 #include "cifar10/net.hpp"
@@ -105,16 +106,16 @@ ds::Config config(int stage) {
     return c;
 }
 
-/// Stage `Stage` on `ranks` threads against stage 0 on one rank, same precision and batches.
-template <int Stage, class P>
-void check_matches_stage0(int ranks, double tolerance, double floor) {
-    const auto data = custom_model::make_batches(steps, 11);
-    ds::Engine<Net, ds::SGD<>, ds::Zero<0>, P> reference(config<P>(0));
-    custom_model::train(reference, data, 0, steps);
+/// Stage `Stage` on `ranks` threads against stage 0 on one rank, same precision and
+/// batches: `train(engine)` runs the steps.
+template <class Model, int Stage, class P, class Train>
+void check_matches_stage0(int ranks, double tolerance, double floor, const Train& train) {
+    ds::Engine<Model, ds::SGD<>, ds::Zero<0>, P> reference(config<P>(0));
+    train(reference);
     const auto expected = reference.full_parameters();
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
-        ds::Engine<Net, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads> engine(config<P>(Stage), comm);
-        custom_model::train(engine, data, 0, steps);
+        ds::Engine<Model, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads> engine(config<P>(Stage), comm);
+        train(engine);
         const auto got = engine.full_parameters();
         double worst = 0;
         for (std::size_t i = 0; i < got.size(); ++i)
@@ -125,13 +126,96 @@ void check_matches_stage0(int ranks, double tolerance, double floor) {
     });
 }
 
-template <class P>
-void check_every_stage(double tolerance, double floor) {
+template <class Model, class P, class Train>
+void check_every_stage(double tolerance, double floor, const Train& train) {
     for (int ranks : {1, 2}) {
-        check_matches_stage0<0, P>(ranks, tolerance, floor);
-        check_matches_stage0<1, P>(ranks, tolerance, floor);
-        check_matches_stage0<2, P>(ranks, tolerance, floor);
-        check_matches_stage0<3, P>(ranks, tolerance, floor);
+        check_matches_stage0<Model, 0, P>(ranks, tolerance, floor, train);
+        check_matches_stage0<Model, 1, P>(ranks, tolerance, floor, train);
+        check_matches_stage0<Model, 2, P>(ranks, tolerance, floor, train);
+        check_matches_stage0<Model, 3, P>(ranks, tolerance, floor, train);
+    }
+}
+
+// --- a token model: ids in, a prediction per position out ---------------------------------
+
+constexpr std::size_t vocab = 300, width = 8, positions = 6;  // ids past 256 would not survive bf16
+using TokenNet = ds::nn::Sequential<ds::nn::Tokens<positions>, ds::nn::Named<"wte", ds::nn::Embedding<vocab, width>>,
+                                    ds::nn::Named<"block", ds::nn::Residual<ds::nn::Linear<width, width>,
+                                                                            custom_model::ScaledTanh,
+                                                                            ds::nn::Linear<width, width>>>,
+                                    ds::nn::Named<"lm_head", ds::nn::Linear<width, vocab>>>;
+static_assert(ds::model<TokenNet>);
+static_assert(std::is_same_v<TokenNet::output_shape, ds::nn::Sequence<positions, vocab>>);
+static_assert(std::is_same_v<ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::BF16>::input_type, std::int32_t>);
+
+/// Sequences of ids whose target is a fixed function of the id, the first position of
+/// every sample ignored (-100).
+struct TokenBatches {
+    std::vector<std::int32_t> ids, targets;
+};
+TokenBatches make_token_batches(std::size_t samples, std::uint64_t seed) {
+    ds::Rng rng(seed);
+    TokenBatches b{std::vector<std::int32_t>(samples * positions), std::vector<std::int32_t>(samples * positions)};
+    for (std::size_t i = 0; i < b.ids.size(); ++i) {
+        b.ids[i] = static_cast<std::int32_t>(rng.below(vocab));
+        b.targets[i] = i % positions == 0 ? -100 : static_cast<std::int32_t>((b.ids[i] * 7 + 3) % vocab);
+    }
+    return b;
+}
+
+/// The mean cross-entropy of TokenNet in float64, written without the library.
+double reference_token_loss(const std::vector<double>& p, const std::int32_t* ids, const std::int32_t* targets,
+                            std::size_t samples) {
+    constexpr std::size_t w = width;
+    std::size_t at = 0;
+    const auto take = [&](std::size_t n) {
+        const double* q = p.data() + at;
+        at += n;
+        return q;
+    };
+    const double *wte = take(vocab * w), *lin1_w = take(w * w), *lin1_b = take(w), *tanh_w = take(positions * w),
+                 *tanh_b = take(positions * w), *lin2_w = take(w * w), *lin2_b = take(w), *head_w = take(vocab * w),
+                 *head_b = take(vocab);
+    double total = 0;
+    std::size_t counted = 0;
+    for (std::size_t s = 0; s < samples; ++s)
+        for (std::size_t t = 0; t < positions; ++t) {
+            const std::size_t row = s * positions + t;
+            double e[w], u[w], v[w], r[w], z[vocab];
+            for (std::size_t c = 0; c < w; ++c) e[c] = wte[static_cast<std::size_t>(ids[row]) * w + c];
+            for (std::size_t o = 0; o < w; ++o) {
+                u[o] = lin1_b[o];
+                for (std::size_t c = 0; c < w; ++c) u[o] += lin1_w[o * w + c] * e[c];
+            }
+            for (std::size_t c = 0; c < w; ++c) v[c] = std::tanh(tanh_w[t * w + c] * u[c] + tanh_b[t * w + c]);
+            for (std::size_t o = 0; o < w; ++o) {
+                r[o] = lin2_b[o] + e[o];  // the residual
+                for (std::size_t c = 0; c < w; ++c) r[o] += lin2_w[o * w + c] * v[c];
+            }
+            if (targets[row] == -100) continue;
+            double top = -1e300;
+            for (std::size_t k = 0; k < vocab; ++k) {
+                z[k] = head_b[k];
+                for (std::size_t c = 0; c < w; ++c) z[k] += head_w[k * w + c] * r[c];
+                top = std::max(top, z[k]);
+            }
+            double sum = 0;
+            for (double zk : z) sum += std::exp(zk - top);
+            total += top + std::log(sum) - z[targets[row]];
+            ++counted;
+        }
+    return total / static_cast<double>(counted);
+}
+
+template <class E>
+void train_tokens(E& engine, const TokenBatches& data) {
+    const auto n = static_cast<std::size_t>(engine.world_size()), rank = static_cast<std::size_t>(engine.global_rank());
+    const std::size_t micro = custom_model::global_batch / n;
+    for (int s = 0; s < steps; ++s) {
+        const std::size_t at = (static_cast<std::size_t>(s) * custom_model::global_batch + rank * micro) * positions;
+        const auto logits = engine.forward({data.ids.data() + at, micro * positions});
+        engine.backward(ds::nn::CrossEntropyLoss{vocab}(logits, {data.targets.data() + at, micro * positions}));
+        engine.step();
     }
 }
 
@@ -220,9 +304,88 @@ TEST_CASE("a user's layer and a residual block: gradients equal float64 finite d
 // SGD with momentum is linear in the gradient, so ranks and stages agree to float rounding
 // in fp32; bf16 and fp16 round each rank's partial gradient before the sum (zero_test.cpp).
 TEST_CASE("a user's layer and a residual block train at every stage on 1 and 2 ranks like stage 0") {
-    SUBCASE("fp32") { check_every_stage<ds::FP32>(1e-5, 1e-2); }
-    SUBCASE("bf16") { check_every_stage<ds::BF16>(5e-3, 0.1); }
-    SUBCASE("fp16") { check_every_stage<ds::FP16<>>(5e-4, 0.1); }
+    const auto data = custom_model::make_batches(steps, 11);
+    const auto train = [&](auto& engine) { custom_model::train(engine, data, 0, steps); };
+    SUBCASE("fp32") { check_every_stage<Net, ds::FP32>(1e-5, 1e-2, train); }
+    SUBCASE("bf16") { check_every_stage<Net, ds::BF16>(5e-3, 0.1, train); }
+    SUBCASE("fp16") { check_every_stage<Net, ds::FP16<>>(5e-4, 0.1, train); }
+}
+
+TEST_CASE("token ids in, a loss per position: gradients equal float64 finite differences") {
+    constexpr std::size_t samples = 3;
+    const auto data = make_token_batches(samples, 4);
+    std::vector<float> params(TokenNet::param_count), grads(TokenNet::param_count, 0.0f);
+    ds::Rng rng(6);
+    TokenNet::init(params.data(), rng);
+    TokenNet net(samples);
+    const float* logits = net.forward(data.ids.data(), samples, params.data());
+    const auto loss = ds::nn::CrossEntropyLoss{vocab}({logits, samples * positions * vocab}, data.targets);
+    net.backward(loss.grad_output.data(), params.data(), grads.data());
+
+    std::vector<double> p(params.begin(), params.end());
+    CHECK(loss.value ==
+          doctest::Approx(reference_token_loss(p, data.ids.data(), data.targets.data(), samples)).epsilon(1e-5));
+    constexpr double step = 1e-5;
+    double largest = 0;
+    std::vector<double> numeric(p.size());
+    for (std::size_t i = 0; i < p.size(); ++i) {
+        const double kept = p[i];
+        p[i] = kept + step;
+        const double up = reference_token_loss(p, data.ids.data(), data.targets.data(), samples);
+        p[i] = kept - step;
+        const double down = reference_token_loss(p, data.ids.data(), data.targets.data(), samples);
+        p[i] = kept;
+        numeric[i] = (up - down) / (2 * step);
+        largest = std::max(largest, std::abs(numeric[i]));
+    }
+    REQUIRE(largest > 1e-2);
+    for (const auto& tensor : TokenNet::parameters)
+        for (std::size_t i = tensor.offset; i < tensor.offset + tensor.numel(); ++i) {
+            INFO(tensor.name() << "[" << i - tensor.offset << "]: " << grads[i] << " vs " << numeric[i]);
+            CHECK(std::abs(grads[i] - numeric[i]) <= 1e-4 * largest);
+        }
+}
+
+TEST_CASE("token ids reach the embedding as integers in every precision, and a bad id is named") {
+    const auto data = make_token_batches(custom_model::global_batch, 8);
+    bool large_id = false;
+    for (auto id : data.ids) large_id = large_id || id > 257;  // bf16 rounds 258.. to even steps
+    REQUIRE(large_id);
+    ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::FP32> fp32(config<ds::FP32>(0));
+    ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::BF16> bf16(config<ds::BF16>(0));
+    const auto a = fp32.forward(data.ids);
+    const std::vector<float> wide(a.begin(), a.end());
+    const auto b = bf16.forward(data.ids);
+    double worst = 0;  // the same rows, rounded to bf16: a few 2^-8 relative, never another row's values
+    for (std::size_t i = 0; i < wide.size(); ++i) worst = std::max(worst, double{std::abs(wide[i] - b[i])});
+    CHECK(worst < 0.1);
+
+    std::vector<std::int32_t> bad = data.ids;
+    bad[positions + 2] = static_cast<std::int32_t>(vocab);
+    CHECK_THROWS_WITH_AS(fp32.forward(bad), doctest::Contains("token id 300 at position 2 of sample 1"),
+                         std::out_of_range);
+}
+
+TEST_CASE("cross-entropy per position: ignore_index rows count for nothing") {
+    const std::vector<float> logits{1, 2, 0, /**/ 0, 0, 0, /**/ 3, 1, 1};
+    const std::vector<std::int32_t> labels{1, -100, 0};
+    const auto loss = ds::nn::CrossEntropyLoss{3}(logits, labels);
+    const auto row = [](double a, double b, double c, double at) { return std::log(std::exp(a) + std::exp(b) + std::exp(c)) - at; };
+    CHECK(loss.value == doctest::Approx((row(1, 2, 0, 2) + row(3, 1, 1, 3)) / 2));
+    for (std::size_t c = 3; c < 6; ++c) CHECK(loss.grad_output[c] == 0.0f);
+    CHECK(loss.grad_output[1] == doctest::Approx((std::exp(2.0) / (std::exp(1.0) + std::exp(2.0) + 1) - 1) / 2));
+    const auto none = ds::nn::CrossEntropyLoss{3}(logits, std::vector<std::int32_t>{-100, -100, -100});
+    CHECK(std::isnan(none.value));  // PyTorch's mean over no targets
+    CHECK(ds::nn::CrossEntropyLoss{3, 2}(logits, std::vector<std::int32_t>{2, 2, 0}).value ==
+          doctest::Approx(row(3, 1, 1, 3)));
+    CHECK_THROWS_AS(ds::nn::CrossEntropyLoss{3}(logits, std::vector<std::int32_t>{1, -1, 0}), std::out_of_range);
+}
+
+TEST_CASE("a token model trains at every stage on 1 and 2 ranks like stage 0") {
+    const auto data = make_token_batches(custom_model::global_batch * steps, 12);
+    const auto train = [&](auto& engine) { train_tokens(engine, data); };
+    SUBCASE("fp32") { check_every_stage<TokenNet, ds::FP32>(1e-5, 1e-2, train); }
+    SUBCASE("bf16") { check_every_stage<TokenNet, ds::BF16>(5e-3, 0.1, train); }
 }
 
 }

@@ -394,6 +394,29 @@ inline Json parse_strict(std::string_view text, const std::string& origin) {
     return j;
 }
 
+/// Tuning keys dspp reads but does not act on yet: each one given a value other than its
+/// default, at a stage where DeepSpeed would use it, is a warning that says what dspp does
+/// instead, so none is ignored silently. (`round_robin_gradients` orders gradient copies for
+/// CPU offload only, which is warned about on its own.)
+inline void warn_unhonoured_tuning(const ZeroConfig& zero, std::vector<std::string>& warnings) {
+    const ZeroConfig defaults{};
+    const auto warn = [&](bool given, const char* key, const char* instead) {
+        if (given) warnings.push_back(std::string("zero_optimization.") + key + ": not honoured by dspp yet; " + instead);
+    };
+    const bool stages_1_2 = zero.stage == 1 || zero.stage == 2, stage_3 = zero.stage == 3;
+    warn(stages_1_2 && zero.allgather_bucket_size != defaults.allgather_bucket_size, "allgather_bucket_size",
+         "the updated partitions are all-gathered in one collective per parameter group");
+    warn(stage_3 && zero.sub_group_size != defaults.sub_group_size, "sub_group_size",
+         "each rank updates its whole partition in one pass");
+    constexpr const char* gathers = "stage 3 gathers one layer (or block) at a time and, with overlap_comm, prefetches the next";
+    warn(stage_3 && zero.stage3_max_live_parameters != defaults.stage3_max_live_parameters, "stage3_max_live_parameters",
+         gathers);
+    warn(stage_3 && zero.stage3_prefetch_bucket_size != defaults.stage3_prefetch_bucket_size,
+         "stage3_prefetch_bucket_size", gathers);
+    warn(stage_3 && zero.stage3_max_reuse_distance != defaults.stage3_max_reuse_distance, "stage3_max_reuse_distance",
+         gathers);
+}
+
 }  // namespace detail
 
 /// Reads a config from JSON text and validates it for `world_size` ranks with `ds::check`.
@@ -412,6 +435,7 @@ inline LoadedConfig parse_config(std::string_view text, std::int64_t world_size,
     const auto& zero = loaded.config.zero_optimization;
     if (optimizer_offload_device(zero) != OffloadDevice::none || zero.offload_param.device != OffloadDevice::none)
         reader.warnings.push_back("zero_optimization: offloading is not implemented by dspp; states stay in memory");
+    detail::warn_unhonoured_tuning(zero, reader.warnings);
     for (auto& w : reader.warnings) loaded.warnings.push_back(origin + ": " + w);
     if (auto rule = check(loaded.config, world_size); !rule)
         throw ConfigError({origin + ": " + std::string(rule.what())});

@@ -6,6 +6,7 @@
 /// parts that differ. `Cpu`'s are here; `Cuda`'s in `ds/device/cuda/engine.cuh` (included by
 /// name: it needs nvcc).
 
+#include <algorithm>
 #include <cstddef>
 #include <span>
 #include <type_traits>
@@ -65,15 +66,19 @@ struct DeviceTraits<Cpu> {
         group.all_to_all(in, out, n);
     }
 
-    /// A batch into the model's dtype and the outputs back as fp32, through host buffers.
-    template <class T>
+    /// A batch into the model's dtype (token ids `In` as they are) and the outputs back as
+    /// fp32, through host buffers.
+    template <class T, class In = float>
     class Io {
+        using Stored = std::conditional_t<std::is_integral_v<In>, In, T>;
+
     public:
         Io(std::size_t inputs, std::size_t outputs, Context&) : input_(inputs) {
             if constexpr (!std::is_same_v<T, float>) logits_.resize(outputs), grad_output_.resize(outputs);
         }
-        const T* upload_inputs(std::span<const float> inputs) {
-            cpu::convert(inputs.data(), input_.data(), inputs.size());
+        const Stored* upload_inputs(std::span<const In> inputs) {
+            if constexpr (std::is_integral_v<In>) std::copy(inputs.begin(), inputs.end(), input_.begin());
+            else cpu::convert(inputs.data(), input_.data(), inputs.size());
             return input_.data();
         }
         std::span<const float> download_outputs(const T* outputs, std::size_t n) {
@@ -93,11 +98,12 @@ struct DeviceTraits<Cpu> {
             }
         }
         std::size_t buffer_bytes() const {
-            return (input_.size() + grad_output_.size()) * sizeof(T) + logits_.size() * sizeof(float);
+            return input_.size() * sizeof(Stored) + grad_output_.size() * sizeof(T) + logits_.size() * sizeof(float);
         }
 
     private:
-        std::vector<T> input_, grad_output_;
+        std::vector<Stored> input_;
+        std::vector<T> grad_output_;
         std::vector<float> logits_;  ///< fp32 copy of 2-byte outputs
     };
 };

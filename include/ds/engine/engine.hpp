@@ -114,6 +114,9 @@ public:
     /// Ψ on this rank: the dense values and this rank's experts.
     static constexpr std::size_t param_count = Model::param_count;
     static constexpr std::size_t input_size = Model::input_shape::size;
+    /// What `forward` takes: float (cast to the compute dtype), or `int32` token ids
+    /// (`nn::Tokens<T>`), passed on as they are.
+    using input_type = nn::shape_value_t<typename Model::input_shape>;
     static constexpr std::size_t output_size = Model::output_shape::size;
 
     /// Validates `cfg` for this world size and these policies, then builds the model with
@@ -159,9 +162,9 @@ public:
     // --- the training step -------------------------------------------------------------
 
     /// Runs the model on a batch of up to `train_micro_batch_size_per_gpu` samples, cast to
-    /// the compute dtype first (the example's `inputs.to(target_dtype)`).
+    /// the compute dtype first (the example's `inputs.to(target_dtype)`) unless they are ids.
     /// @returns the outputs (logits) as fp32 for the loss, valid until the next forward
-    std::span<const float> forward(std::span<const float> inputs) {
+    std::span<const float> forward(std::span<const input_type> inputs) {
         if (inputs.empty() || inputs.size() % input_size != 0)
             throw std::invalid_argument("Engine::forward: " + std::to_string(inputs.size()) +
                                         " values are not a whole number of samples of " + std::to_string(input_size));
@@ -183,7 +186,7 @@ public:
     /// fp16, multiplied by the loss scale), to the gradient buffer.
     /// @returns the loss as DeepSpeed's backward does: value / GAS
     float backward(const nn::Loss& loss) {
-        if (loss.batch != batch_in_flight_ || loss.grad_output.size() != batch_in_flight_ * output_size)
+        if (loss.grad_output.size() != batch_in_flight_ * output_size)
             throw std::invalid_argument("Engine::backward: the loss is not of the last forward's outputs");
         const auto gas = static_cast<float>(batch_.gradient_accumulation_steps);
         const auto factor = static_cast<float>(scaler_.scale()) / gas;
@@ -791,7 +794,7 @@ private:
     optimizer_type optimizer_;
     sched::LRScheduler scheduler_;
     std::vector<Segment> tensors_;
-    typename traits::template Io<compute_type> io_;  ///< batches in, outputs out
+    typename traits::template Io<compute_type, input_type> io_;  ///< batches in, outputs out
     std::vector<float> scaled_grad_output_;          ///< the loss gradient × scale / GAS, fp32
     std::size_t batch_in_flight_ = 0;
     std::int64_t global_steps_ = 0, global_samples_ = 0, skipped_steps_ = 0, micro_steps_ = 0;

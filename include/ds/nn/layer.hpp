@@ -16,6 +16,9 @@
 /// - `void backward(const float* x, const float* y, float* dy, float* dx, std::size_t batch,
 ///   const float* params, float* grads)`.
 ///
+/// A layer whose input holds ids (`nn::Tokens<T>`: `input_shape::value_type` is `int32`)
+/// takes `const std::int32_t* x` instead; it is a model's first layer and gets no `dx`.
+///
 /// Optional: `std::size_t buffer_bytes() const` (the bytes of its work buffers, counted in
 /// the engine's memory report), `void set_training(bool)`.
 ///
@@ -37,7 +40,7 @@
 ///
 /// ## Models
 /// `nn::Linear`, `nn::Conv2d`, `nn::MaxPool2d`, `nn::ReLU`, `nn::Flatten`, `nn::MoE`,
-/// `nn::Residual`, and `nn::Named<"name", L>` of any of them; a user's own type written as
+/// `nn::Embedding`, `nn::Residual`, and `nn::Named<"name", L>` of any of them; a user's own type written as
 /// above (README "Your own model").
 
 #include <concepts>
@@ -62,12 +65,16 @@ concept layer_tensors = requires {
     requires std::same_as<std::remove_cvref_t<decltype(B::params[0])>, nn::ParamSpec>;
 };
 
+/// What a layer reads: floats, or the ids of a `Tokens` input.
 template <class B>
-concept dense_layer_math = requires(B& b, const float* x, float* y, float* dy, float* dx, std::size_t batch,
-                                    const float* w, float* dw, Rng& rng) {
+using layer_input_t = nn::shape_value_t<typename B::input_shape>;
+
+template <class B>
+concept dense_layer_math = requires(B& b, const layer_input_t<B>* x, const float* out, float* y, float* dy, float* dx,
+                                    std::size_t batch, const float* w, float* dw, Rng& rng) {
     B::init(dy, rng);
     b.forward(x, y, batch, w);
-    b.backward(x, x, dy, dx, batch, w, dw);
+    b.backward(x, out, dy, dx, batch, w, dw);
 };
 
 template <class B>
@@ -113,7 +120,9 @@ consteval bool explain_layer() {
                       "ds::layer: L::Bound<Input> must have `void reserve(std::size_t max_batch)`");
         static_assert(requires(Rng& rng, float* p) { B::init(p, rng); } || detail::expert_layer_math<B>,
                       "ds::layer: L::Bound<Input> must have `static void init(float* params, ds::Rng&)`");
-        static_assert(requires(B& b, const float* x, float* y, const float* w) { b.forward(x, y, std::size_t{}, w); } ||
+        static_assert(requires(B& b, const detail::layer_input_t<B>* x, float* y, const float* w) {
+                          b.forward(x, y, std::size_t{}, w);
+                      } ||
                           detail::expert_layer_math<B>,
                       "ds::layer: L::Bound<Input> must have `void forward(const float* x, float* y, std::size_t batch, "
                       "const float* params)`");

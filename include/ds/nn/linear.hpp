@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 
 #include <ds/device/cpu/gemm.hpp>
 #include <ds/nn/layer.hpp>
@@ -22,17 +23,44 @@ constexpr bool input_size_matches() {
                   "(see 'Given' and 'Expected' in the instantiation above)");
     return true;
 }
+
+/// Whether `Linear<In, ...>` applies to each position of `Input` (a `Sequence<T, In>`).
+template <class Input, std::size_t In>
+consteval bool per_position() {
+    if constexpr (requires { Input::features; }) return Input::features == In;
+    else return false;
+}
+
+template <class Input, std::size_t Out, bool PerPosition>
+struct LinearOutput {
+    using type = Features<Out>;
+};
+template <class Input, std::size_t Out>
+struct LinearOutput<Input, Out, true> {
+    using type = Sequence<Input::positions, Out>;
+};
+
+template <class Input, std::size_t In>
+consteval bool linear_input_fits() {
+    if constexpr (per_position<Input, In>()) return true;
+    else return input_size_matches<In, Input::size>();
+}
+
 }  // namespace detail
 
-/// Fully connected layer. Its input may be any shape of `In` values (an image is read flat,
+/// Fully connected layer, PyTorch's: on a `Sequence<T, In>` it applies to each of the T
+/// positions (the last dimension); any other input of `In` values is read flat (an image,
 /// as after `Flatten`); any other size is a compile error naming the expected size.
 template <std::size_t In, std::size_t Out>
 struct Linear {
     template <class Input>
     struct Bound {
-        static_assert(detail::input_size_matches<In, Input::size>());
+        static_assert(detail::linear_input_fits<Input, In>());
+        static constexpr bool per_position = detail::per_position<Input, In>();
+        /// Rows of the GEMM per sample: one per position, or the sample itself.
+        static constexpr std::size_t rows = per_position ? Input::size / In : 1;
         using input_shape = Input;
-        using output_shape = Features<Out>;
+        using output_shape = typename detail::LinearOutput<Input, Out, per_position>::type;
         static constexpr std::array<ParamSpec, 2> params{
             {{"weight", {2, {Out, In}}}, {"bias", {1, {Out}}}}};
         static constexpr std::size_t weight_offset = 0, bias_offset = Out * In;
@@ -46,23 +74,26 @@ struct Linear {
         }
 
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
-            for (std::size_t b = 0; b < batch; ++b)
-                std::copy_n(w + bias_offset, Out, y + b * Out);
-            cpu::gemm(cpu::Op::none, cpu::Op::transpose, batch, Out, In, 1.0f, x, In, w, In, 1.0f, y, Out);
+            const std::size_t m = batch * rows;
+            for (std::size_t r = 0; r < m; ++r)
+                std::copy_n(w + bias_offset, Out, y + r * Out);
+            cpu::gemm(cpu::Op::none, cpu::Op::transpose, m, Out, In, 1.0f, x, In, w, In, 1.0f, y, Out);
         }
 
         /// Adds this batch's weight and bias gradients to `dw`; writes dx unless it is null.
         void backward(const float* x, const float* /*y*/, float* dy, float* dx, std::size_t batch, const float* w,
                       float* dw) {
-            cpu::gemm(cpu::Op::transpose, cpu::Op::none, Out, In, batch, 1.0f, dy, Out, x, In, 1.0f, dw, In);
+            const std::size_t m = batch * rows;
+            cpu::gemm(cpu::Op::transpose, cpu::Op::none, Out, In, m, 1.0f, dy, Out, x, In, 1.0f, dw, In);
             float* db = dw + bias_offset;
-            for (std::size_t b = 0; b < batch; ++b)
-                for (std::size_t o = 0; o < Out; ++o) db[o] += dy[b * Out + o];
-            if (dx) cpu::gemm(cpu::Op::none, cpu::Op::none, batch, In, Out, 1.0f, dy, Out, w, In, 0.0f, dx, In);
+            for (std::size_t r = 0; r < m; ++r)
+                for (std::size_t o = 0; o < Out; ++o) db[o] += dy[r * Out + o];
+            if (dx) cpu::gemm(cpu::Op::none, cpu::Op::none, m, In, Out, 1.0f, dy, Out, w, In, 0.0f, dx, In);
         }
     };
 };
 
 static_assert(ds::layer<Linear<2, 3>, Features<2>>);
+static_assert(std::is_same_v<Linear<2, 3>::Bound<Sequence<5, 2>>::output_shape, Sequence<5, 3>>);
 
 }  // namespace ds::nn

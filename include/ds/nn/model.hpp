@@ -5,7 +5,9 @@
 /// ## Minimal definition
 /// A model `M` describes one sample's computation in fp32 with everything about its
 /// parameters known at compile time:
-/// - `M::input_shape`, `M::output_shape`: per-sample shapes (a constexpr `size` each);
+/// - `M::input_shape`, `M::output_shape`: per-sample shapes (a constexpr `size` each); the
+///   input's element type is `nn::shape_value_t<input_shape>` — float, or `int32` token ids
+///   (`nn::Tokens<T>`), which the engine takes and passes on as they are;
 /// - `M::param_count` and `M::parameters`: Ψ, and the table of tensors (`nn::Parameter`:
 ///   PyTorch name, offset in the flat buffer, shape) covering [0, Ψ) — the names are those
 ///   of checkpoints and safetensors files;
@@ -40,6 +42,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <type_traits>
 
 #include <ds/nn/parameter.hpp>
 #include <ds/util/rng.hpp>
@@ -57,14 +60,16 @@ struct HooksArchetype {
     void backward_done(nn::LayerRange);
 };
 
-template <class N, class T>
+/// A network storing `T` that reads inputs of `In` (float images stored as T, or token ids).
+template <class N, class T, class In = float>
 concept network_of = std::constructible_from<N, std::size_t> &&
-                     requires(N& n, const N& c, const T* x, std::size_t batch, HooksArchetype<T, float>& hooks) {
+                     requires(N& n, const N& c, const std::conditional_t<std::is_integral_v<In>, In, T>* x,
+                              const T* grad, std::size_t batch, HooksArchetype<T, float>& hooks) {
                          { c.max_batch() } -> std::convertible_to<std::size_t>;
                          { c.buffer_bytes() } -> std::convertible_to<std::size_t>;
                          n.set_training(true);
                          { n.forward(x, batch, hooks) } -> std::convertible_to<const T*>;
-                         n.backward(x, hooks);
+                         n.backward(grad, hooks);
                      };
 
 template <class M>
@@ -100,7 +105,7 @@ concept model_experts = requires(std::size_t at) {
 template <class M>
 concept model = detail::model_shapes<M> && detail::model_parameters<M> && detail::model_experts<M> &&
                 requires { typename M::template with_storage<float>; } &&
-                detail::network_of<typename M::template with_storage<float>, float>;
+                detail::network_of<typename M::template with_storage<float>, float, nn::shape_value_t<typename M::input_shape>>;
 
 /// `model<M>`, or a compile error naming the first requirement `M` misses: what
 /// `ds::Engine` is constrained on, so the missing member leads the error output.
@@ -118,7 +123,8 @@ consteval bool explain_model() {
     static_assert(requires { typename M::template with_storage<float>; },
                   "ds::model: M must declare `template <class T> using with_storage` (the network storing T)");
     if constexpr (requires { typename M::template with_storage<float>; })
-        static_assert(detail::network_of<typename M::template with_storage<float>, float>,
+        static_assert(detail::network_of<typename M::template with_storage<float>, float,
+                                         nn::shape_value_t<typename M::input_shape>>,
                       "ds::model: M::with_storage<T> must be constructible from the largest batch and provide "
                       "max_batch(), buffer_bytes(), set_training(bool), forward(x, batch, hooks) and "
                       "backward(grad_output, hooks)");

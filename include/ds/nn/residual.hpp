@@ -28,6 +28,7 @@ struct Residual {
     static_assert(sizeof...(Layers) > 0, "ds::nn::Residual: give the block at least one layer");
     template <class Input>
     struct Bound {
+        static_assert(!holds_ids<Input>, "ds::nn::Residual: a block adds its input, so it takes features, not token ids");
         using chain = Sequential<Input, Layers...>;
         static_assert(chain::output_shape::size == Input::size,
                       "ds::nn::Residual: the block's layers must map the input shape to itself (x + f(x))");

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <stdexcept>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -232,6 +233,8 @@ class BasicSequential : public LayerSettings<BasicSequential<T, Input, Layers...
 public:
     using value_type = T;
     using input_shape = Input;
+    /// What `forward` reads: token ids as they are (`Tokens<T>`), anything else stored in `T`.
+    using input_value_type = std::conditional_t<holds_ids<Input>, shape_value_t<Input>, T>;
     using output_shape = typename chain::output;
     /// The same model storing its values in `U`.
     template <class U>
@@ -416,7 +419,7 @@ public:
     /// Runs the layers on `batch` samples at `x` (kept by pointer until `backward`) with
     /// parameters from one flat buffer.
     /// @returns the output, `batch × output_shape::size` values owned by the model
-    const T* forward(const T* x, std::size_t batch, const T* params) {
+    const T* forward(const input_value_type* x, std::size_t batch, const T* params) {
         FlatHooks<T, T> hooks{params, nullptr};
         return forward(x, batch, hooks);
     }
@@ -433,7 +436,7 @@ public:
     /// the layer's parameters (ZeRO-3 gathers them there), `hooks.forward_done(range)`
     /// follows the layer (and may release them). Layers without parameters are not announced.
     template <class Hooks>
-    const T* forward(const T* x, std::size_t batch, Hooks& hooks) {
+    const T* forward(const input_value_type* x, std::size_t batch, Hooks& hooks) {
         input_ = x;
         [&]<std::size_t... I>(std::index_sequence<I...>) {
             (forward_layer<I>(batch, hooks), ...);
@@ -455,7 +458,9 @@ public:
     /// are now), also writing d loss / d input to `grad_input` (batch × input size) unless
     /// it is null: what a block around this chain (`nn::Residual`) needs.
     template <class Hooks>
-    void backward(const T* grad_output, Hooks& hooks, const T* input, T* grad_input) {
+    void backward(const T* grad_output, Hooks& hooks, const input_value_type* input, T* grad_input) {
+        if constexpr (holds_ids<Input>)
+            if (grad_input) throw std::invalid_argument("ds::nn::Sequential: token ids have no gradient");
         input_ = input;
         grad_input_ = grad_input;
         std::copy_n(grad_output, batch_ * output_shape::size, grad_a_.data());
@@ -482,9 +487,19 @@ private:
     static constexpr bool widens = !std::is_same_v<T, float>;
 
     template <std::size_t I>
-    const T* layer_input() const {
+    auto layer_input() const {
         if constexpr (I == 0) return input_;
-        else return activations_[I - 1].data();
+        else return static_cast<const T*>(activations_[I - 1].data());
+    }
+    /// Layer I's input as it computes on it: widened into `x32_` (2-byte T), except ids.
+    template <std::size_t I>
+    auto widened_input(std::size_t batch) {
+        if constexpr (I == 0 && holds_ids<Input>) {
+            return input_;
+        } else {
+            cpu::convert(layer_input<I>(), x32_.data(), batch * in_size<I>);
+            return static_cast<const float*>(x32_.data());
+        }
     }
     template <std::size_t I>
     static constexpr std::size_t in_size = layer_t<I>::input_shape::size;
@@ -504,10 +519,10 @@ private:
             else layer.forward(x, y, batch, w_);
         };
         if constexpr (widens) {
-            cpu::convert(layer_input<I>(), x32_.data(), batch * in_size<I>);
+            const auto* x = widened_input<I>(batch);
             if constexpr (range.count > 0) cpu::convert(w, w32_.data(), range.count);
             if constexpr (experts.count > 0) cpu::convert(we, we32_.data(), experts.count);
-            run(x32_.data(), y32_.data(), w32_.data(), we32_.data());
+            run(x, y32_.data(), w32_.data(), we32_.data());
             cpu::convert(y32_.data(), activations_[I].data(), batch * out_size<I>);
         } else {
             run(layer_input<I>(), activations_[I].data(), w, we);
@@ -538,7 +553,7 @@ private:
             else layer.backward(x, y, dy_, dx_, batch_, w_, dw_);
         };
         if constexpr (widens) {
-            cpu::convert(layer_input<I>(), x32_.data(), batch_ * in_size<I>);
+            const auto* x = widened_input<I>(batch_);
             cpu::convert(activations_[I].data(), y32_.data(), batch_ * out_size<I>);
             cpu::convert(dy, dy32_.data(), batch_ * out_size<I>);
             if constexpr (range.count > 0) {
@@ -550,7 +565,7 @@ private:
                 std::fill_n(dwe32_.begin(), experts.count, 0.0f);
             }
             float* dx32 = I == 0 && !grad_input_ ? nullptr : dx32_.data();
-            run(x32_.data(), y32_.data(), dy32_.data(), dx32, w32_.data(), dw32_.data(), we32_.data(), dwe32_.data());
+            run(x, y32_.data(), dy32_.data(), dx32, w32_.data(), dw32_.data(), we32_.data(), dwe32_.data());
             if constexpr (I > 0) cpu::convert(dx32_.data(), dx, batch_ * in_size<I>);
             else if (grad_input_) cpu::convert(dx32_.data(), grad_input_, batch_ * in_size<I>);
             if constexpr (range.count > 0) cpu::accumulate_rounded<T>(dw32_.data(), dw, range.count);
@@ -567,7 +582,7 @@ private:
     std::array<std::vector<T>, layer_count> activations_{};
     std::vector<T> grad_a_, grad_b_;
     std::vector<float> x32_, y32_, dy32_, dx32_, w32_, dw32_, we32_, dwe32_;  ///< float work buffers (2-byte T only)
-    const T* input_ = nullptr;
+    const input_value_type* input_ = nullptr;
     T* grad_input_ = nullptr;  ///< where backward writes d loss / d input (none for a whole model)
     std::size_t batch_ = 0;
     std::size_t max_batch_;

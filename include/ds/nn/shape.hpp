@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 namespace ds::nn {
 
@@ -21,6 +23,42 @@ template <std::size_t N>
 struct Features {
     static constexpr std::size_t size = N;
 };
+
+/// T token ids (`int32`, one sample): the input of a language model. Its values are ids,
+/// never cast through a floating dtype; the layer that takes them (`nn::Embedding`) forms no
+/// input gradient.
+template <std::size_t T>
+struct Tokens {
+    using value_type = std::int32_t;
+    static constexpr std::size_t positions = T;
+    static constexpr std::size_t size = T;
+};
+
+/// T positions of C features each ([T, C], one sample): per-position layers
+/// (`nn::Linear<C, Out>`) apply to every position.
+template <std::size_t T, std::size_t C>
+struct Sequence {
+    static constexpr std::size_t positions = T, features = C;
+    static constexpr std::size_t size = T * C;
+};
+
+/// The element type of a shape's values: `S::value_type` where it declares one (token
+/// ids), else float — stored in the model's dtype.
+template <class S>
+struct shape_value {
+    using type = float;
+};
+template <class S>
+    requires requires { typename S::value_type; }
+struct shape_value<S> {
+    using type = typename S::value_type;
+};
+template <class S>
+using shape_value_t = typename shape_value<S>::type;
+
+/// A shape of integer ids (`Tokens`): no dtype conversion, no gradient.
+template <class S>
+inline constexpr bool holds_ids = std::is_integral_v<shape_value_t<S>>;
 
 /// A string usable as a template argument: `Named<"conv1", Conv2d<3, 6, 5>>`.
 template <std::size_t N>

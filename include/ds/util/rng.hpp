@@ -2,6 +2,7 @@
 /// @file
 /// `ds::Rng`: a small seeded generator whose streams are identical on every platform.
 
+#include <cmath>
 #include <cstdint>
 
 namespace ds {
@@ -29,6 +30,14 @@ public:
     constexpr float uniform() { return static_cast<float>(next() >> 8) * 0x1.0p-24f; }
     /// Uniform in [lo, hi).
     constexpr float uniform(float lo, float hi) { return lo + (hi - lo) * uniform(); }
+    /// Normal with mean `mean` and standard deviation `std` (Box-Muller over two uniforms,
+    /// in double; the same numbers wherever libm's log and cos round the same).
+    float normal(float mean = 0.0f, float std = 1.0f) {
+        const double u1 = (static_cast<double>(next() >> 8) + 0.5) * 0x1.0p-24;  // (0, 1): log finite
+        const double u2 = static_cast<double>(next() >> 8) * 0x1.0p-24;
+        const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+        return mean + std * static_cast<float>(z);
+    }
     /// Uniform integer in [0, n) (Lemire's multiply-shift; bias below 2^-32 · n).
     constexpr std::uint32_t below(std::uint32_t n) {
         return static_cast<std::uint32_t>((static_cast<std::uint64_t>(next()) * n) >> 32);

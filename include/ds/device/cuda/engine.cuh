@@ -165,8 +165,10 @@ struct DeviceTraits<Cuda> {
     /// fp32 and downloaded for the host's loss, and the loss gradient uploaded and cast to T.
     /// The host side of each transfer is pinned, so the uploads return at once: only the
     /// logits, which the host's loss needs, wait for the device.
-    template <class T>
+    template <class T, class In = float>
     class Io {
+        static_assert(std::is_same_v<In, float>, "ds::Cuda: token-id inputs (ds::nn::Tokens) run on ds::Cpu only so far");
+
     public:
         Io(std::size_t inputs, std::size_t outputs, Context& ctx)
             : stream_(ctx.stream()), input_(inputs), grad_output_(outputs), host_input_(inputs),

@@ -71,6 +71,7 @@
 #include <ds/nn/residual.hpp>
 #include <ds/nn/sequential.hpp>
 #include <ds/nn/shape.hpp>
+#include <ds/nn/tied.hpp>
 #include <ds/numeric/bf16.hpp>
 #include <ds/numeric/bit_cast.hpp>
 #include <ds/numeric/half.hpp>

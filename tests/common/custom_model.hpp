@@ -2,12 +2,15 @@
 // A layer written outside the library, as a user writes one (ds/nn/layer.hpp), in a model
 // with a residual block; its synthetic batches, and the data-parallel loop of the tests.
 #include <array>
+#include <type_traits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include <ds/nn/cross_entropy.hpp>
+#include <ds/nn/embedding.hpp>
+#include <ds/nn/tied.hpp>
 #include <ds/nn/layer.hpp>
 #include <ds/nn/linear.hpp>
 #include <ds/nn/residual.hpp>
@@ -100,6 +103,50 @@ std::vector<float> train(E& engine, const Batches& data, int first, int steps) {
             engine.step();
         }
     return losses;
+}
+
+// --- a token model: ids in, a prediction per position out; and the same with tied weights ----
+
+constexpr std::size_t vocab = 300, width = 8, positions = 6;  // ids past 256 would not survive bf16
+using Block = Residual<Linear<width, width>, ScaledTanh, Linear<width, width>>;  // per position
+using TokenNet = Sequential<Tokens<positions>, Named<"wte", Embedding<vocab, width>>, Named<"block", Block>,
+                            Named<"lm_head", Linear<width, vocab>>>;
+static_assert(ds::model<TokenNet>);
+static_assert(std::is_same_v<TokenNet::output_shape, Sequence<positions, vocab>>);
+
+/// TokenNet with GPT-2's tied output projection: the logits are the embedding table times
+/// the features, no bias; the table is stored once.
+using TiedNet = Sequential<Tokens<positions>, Named<"wte", Embedding<vocab, width>>, Named<"block", Block>,
+                           Named<"lm_head", Tied<"wte", Linear<width, vocab, false>>>>;
+static_assert(TiedNet::param_count == TokenNet::param_count - vocab * width - vocab);
+static_assert(TiedNet::parameters.back().name() == "block.2.bias");
+
+/// Sequences of ids whose target is a fixed function of the id, the first position of
+/// every sample ignored (-100).
+struct TokenBatches {
+    std::vector<std::int32_t> ids, targets;
+};
+inline TokenBatches make_token_batches(std::size_t samples, std::uint64_t seed) {
+    ds::Rng rng(seed);
+    TokenBatches b{std::vector<std::int32_t>(samples * positions), std::vector<std::int32_t>(samples * positions)};
+    for (std::size_t i = 0; i < b.ids.size(); ++i) {
+        b.ids[i] = static_cast<std::int32_t>(rng.below(vocab));
+        b.targets[i] = i % positions == 0 ? -100 : static_cast<std::int32_t>((b.ids[i] * 7 + 3) % vocab);
+    }
+    return b;
+}
+
+/// `steps` optimizer steps from the start of `data`, each rank its share of the global batch.
+template <class E>
+void train_tokens(E& engine, const TokenBatches& data, int steps) {
+    const auto n = static_cast<std::size_t>(engine.world_size()), rank = static_cast<std::size_t>(engine.global_rank());
+    const std::size_t micro = global_batch / n;
+    for (int s = 0; s < steps; ++s) {
+        const std::size_t at = (static_cast<std::size_t>(s) * global_batch + rank * micro) * positions;
+        const auto logits = engine.forward({data.ids.data() + at, micro * positions});
+        engine.backward(ds::nn::CrossEntropyLoss{vocab}(logits, {data.targets.data() + at, micro * positions}));
+        engine.step();
+    }
 }
 
 }  // namespace custom_model

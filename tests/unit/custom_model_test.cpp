@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -18,6 +19,8 @@
 #include <ds/io/model_weights.hpp>
 #include <ds/nn/embedding.hpp>
 #include <ds/nn/moe.hpp>
+#include <ds/nn/tied.hpp>
+#include <ds/numeric/bf16.hpp>
 
 #include "cifar10/net.hpp"
 #include "common/custom_model.hpp"
@@ -25,6 +28,9 @@
 namespace {
 
 using custom_model::Net, custom_model::inputs, custom_model::hidden, custom_model::classes;
+using custom_model::TokenNet, custom_model::TiedNet, custom_model::vocab, custom_model::width, custom_model::positions;
+using custom_model::make_token_batches, custom_model::train_tokens;
+static_assert(std::is_same_v<ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::BF16>::input_type, std::int32_t>);
 
 // --- the concepts ------------------------------------------------------------------------
 
@@ -138,34 +144,66 @@ void check_every_stage(double tolerance, double floor, const Train& train) {
 
 // --- a token model: ids in, a prediction per position out ---------------------------------
 
-constexpr std::size_t vocab = 300, width = 8, positions = 6;  // ids past 256 would not survive bf16
-using TokenNet = ds::nn::Sequential<ds::nn::Tokens<positions>, ds::nn::Named<"wte", ds::nn::Embedding<vocab, width>>,
-                                    ds::nn::Named<"block", ds::nn::Residual<ds::nn::Linear<width, width>,
-                                                                            custom_model::ScaledTanh,
-                                                                            ds::nn::Linear<width, width>>>,
-                                    ds::nn::Named<"lm_head", ds::nn::Linear<width, vocab>>>;
-static_assert(ds::model<TokenNet>);
-static_assert(std::is_same_v<TokenNet::output_shape, ds::nn::Sequence<positions, vocab>>);
-static_assert(std::is_same_v<ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::BF16>::input_type, std::int32_t>);
+/// A block as the first layer (no input gradient wanted), then a head.
+using BlockFirst = ds::nn::Sequential<ds::nn::Features<inputs>,
+                                      ds::nn::Named<"block", ds::nn::Residual<ds::nn::Linear<inputs, inputs>,
+                                                                              custom_model::ScaledTanh>>,
+                                      ds::nn::Named<"head", ds::nn::Linear<inputs, classes>>>;
 
-/// Sequences of ids whose target is a fixed function of the id, the first position of
-/// every sample ignored (-100).
-struct TokenBatches {
-    std::vector<std::int32_t> ids, targets;
-};
-TokenBatches make_token_batches(std::size_t samples, std::uint64_t seed) {
-    ds::Rng rng(seed);
-    TokenBatches b{std::vector<std::int32_t>(samples * positions), std::vector<std::int32_t>(samples * positions)};
-    for (std::size_t i = 0; i < b.ids.size(); ++i) {
-        b.ids[i] = static_cast<std::int32_t>(rng.below(vocab));
-        b.targets[i] = i % positions == 0 ? -100 : static_cast<std::int32_t>((b.ids[i] * 7 + 3) % vocab);
+double reference_block_first_loss(const std::vector<double>& p, const float* x, const std::int32_t* labels,
+                                  std::size_t batch) {
+    const double *lin_w = p.data(), *lin_b = lin_w + inputs * inputs, *tanh_w = lin_b + inputs,
+                 *tanh_b = tanh_w + inputs, *head_w = tanh_b + inputs, *head_b = head_w + classes * inputs;
+    double total = 0;
+    for (std::size_t s = 0; s < batch; ++s) {
+        double r[inputs], z[classes];
+        for (std::size_t o = 0; o < inputs; ++o) {
+            double u = lin_b[o];
+            for (std::size_t i = 0; i < inputs; ++i) u += lin_w[o * inputs + i] * x[s * inputs + i];
+            r[o] = x[s * inputs + o] + std::tanh(tanh_w[o] * u + tanh_b[o]);
+        }
+        for (std::size_t c = 0; c < classes; ++c) {
+            z[c] = head_b[c];
+            for (std::size_t i = 0; i < inputs; ++i) z[c] += head_w[c * inputs + i] * r[i];
+        }
+        const double top = *std::max_element(z, z + classes);
+        double sum = 0;
+        for (double zc : z) sum += std::exp(zc - top);
+        total += top + std::log(sum) - z[labels[s]];
     }
-    return b;
+    return total / static_cast<double>(batch);
 }
 
-/// The mean cross-entropy of TokenNet in float64, written without the library.
+/// Checks `grads` (the library's, float) against central differences of `loss(p)` in float64.
+template <class Model, class Loss>
+void check_against_finite_differences(const std::vector<float>& params, const std::vector<float>& grads,
+                                      const Loss& loss) {
+    std::vector<double> p(params.begin(), params.end());
+    constexpr double step = 1e-5;
+    double largest = 0;
+    std::vector<double> numeric(p.size());
+    for (std::size_t i = 0; i < p.size(); ++i) {
+        const double kept = p[i];
+        p[i] = kept + step;
+        const double up = loss(p);
+        p[i] = kept - step;
+        const double down = loss(p);
+        p[i] = kept;
+        numeric[i] = (up - down) / (2 * step);
+        largest = std::max(largest, std::abs(numeric[i]));
+    }
+    REQUIRE(largest > 1e-2);
+    for (const auto& tensor : Model::parameters)
+        for (std::size_t i = tensor.offset; i < tensor.offset + tensor.numel(); ++i) {
+            INFO(tensor.name() << "[" << i - tensor.offset << "]: " << grads[i] << " vs " << numeric[i]);
+            CHECK(std::abs(grads[i] - numeric[i]) <= 1e-4 * largest);
+        }
+}
+
+/// The mean cross-entropy of TokenNet (or, `tied`, TiedNet: the output projection is the
+/// embedding, without bias) in float64, written without the library.
 double reference_token_loss(const std::vector<double>& p, const std::int32_t* ids, const std::int32_t* targets,
-                            std::size_t samples) {
+                            std::size_t samples, bool tied = false) {
     constexpr std::size_t w = width;
     std::size_t at = 0;
     const auto take = [&](std::size_t n) {
@@ -174,8 +212,10 @@ double reference_token_loss(const std::vector<double>& p, const std::int32_t* id
         return q;
     };
     const double *wte = take(vocab * w), *lin1_w = take(w * w), *lin1_b = take(w), *tanh_w = take(positions * w),
-                 *tanh_b = take(positions * w), *lin2_w = take(w * w), *lin2_b = take(w), *head_w = take(vocab * w),
-                 *head_b = take(vocab);
+                 *tanh_b = take(positions * w), *lin2_w = take(w * w), *lin2_b = take(w);
+    const std::vector<double> no_bias(vocab, 0.0);
+    const double* head_w = tied ? wte : take(vocab * w);
+    const double* head_b = tied ? no_bias.data() : take(vocab);
     double total = 0;
     std::size_t counted = 0;
     for (std::size_t s = 0; s < samples; ++s)
@@ -207,17 +247,6 @@ double reference_token_loss(const std::vector<double>& p, const std::int32_t* id
     return total / static_cast<double>(counted);
 }
 
-template <class E>
-void train_tokens(E& engine, const TokenBatches& data) {
-    const auto n = static_cast<std::size_t>(engine.world_size()), rank = static_cast<std::size_t>(engine.global_rank());
-    const std::size_t micro = custom_model::global_batch / n;
-    for (int s = 0; s < steps; ++s) {
-        const std::size_t at = (static_cast<std::size_t>(s) * custom_model::global_batch + rank * micro) * positions;
-        const auto logits = engine.forward({data.ids.data() + at, micro * positions});
-        engine.backward(ds::nn::CrossEntropyLoss{vocab}(logits, {data.targets.data() + at, micro * positions}));
-        engine.step();
-    }
-}
 
 }  // namespace
 
@@ -253,7 +282,8 @@ TEST_CASE("parameter names: a block's tensors below its name, names of any lengt
     CHECK(weight.size() > 100);
     CHECK(weight.ends_with("characters.weight"));
     const std::vector<float> values{1, 2, 3, 4, 5, 6};
-    const auto file = std::filesystem::temp_directory_path() / "dspp_long_names.safetensors";
+    const auto file = std::filesystem::temp_directory_path() /
+                      ("dspp_long_names_" + std::to_string(std::random_device{}()) + ".safetensors");
     ds::io::save_weights<Long>(file, values);
     std::vector<float> back(values.size());
     ds::io::load_weights<Long>(file, back);
@@ -311,39 +341,73 @@ TEST_CASE("a user's layer and a residual block train at every stage on 1 and 2 r
     SUBCASE("fp16") { check_every_stage<Net, ds::FP16<>>(5e-4, 0.1, train); }
 }
 
-TEST_CASE("token ids in, a loss per position: gradients equal float64 finite differences") {
+TEST_CASE_TEMPLATE("token ids in, a loss per position, tied or not: gradients equal float64 finite differences",
+                   Model, TokenNet, TiedNet) {
+    constexpr bool tied = std::is_same_v<Model, TiedNet>;
     constexpr std::size_t samples = 3;
     const auto data = make_token_batches(samples, 4);
-    std::vector<float> params(TokenNet::param_count), grads(TokenNet::param_count, 0.0f);
+    std::vector<float> params(Model::param_count), grads(Model::param_count, 0.0f);
     ds::Rng rng(6);
-    TokenNet::init(params.data(), rng);
-    TokenNet net(samples);
+    Model::init(params.data(), rng);
+    if constexpr (tied)  // N(0, 1) rows give logits too large for a well-conditioned check: GPT-2 uses 0.02
+        for (std::size_t i = 0; i < vocab * width; ++i) params[i] *= 0.3f;
+    Model net(samples);
     const float* logits = net.forward(data.ids.data(), samples, params.data());
     const auto loss = ds::nn::CrossEntropyLoss{vocab}({logits, samples * positions * vocab}, data.targets);
     net.backward(loss.grad_output.data(), params.data(), grads.data());
+    const auto reference = [&](const std::vector<double>& p) {
+        return reference_token_loss(p, data.ids.data(), data.targets.data(), samples, tied);
+    };
+    CHECK(loss.value == doctest::Approx(reference({params.begin(), params.end()})).epsilon(1e-5));
+    // Tied: each used row of the table gets both its embedding's and its projection's gradient.
+    check_against_finite_differences<Model>(params, grads, reference);
+}
 
-    std::vector<double> p(params.begin(), params.end());
-    CHECK(loss.value ==
-          doctest::Approx(reference_token_loss(p, data.ids.data(), data.targets.data(), samples)).epsilon(1e-5));
-    constexpr double step = 1e-5;
-    double largest = 0;
-    std::vector<double> numeric(p.size());
-    for (std::size_t i = 0; i < p.size(); ++i) {
-        const double kept = p[i];
-        p[i] = kept + step;
-        const double up = reference_token_loss(p, data.ids.data(), data.targets.data(), samples);
-        p[i] = kept - step;
-        const double down = reference_token_loss(p, data.ids.data(), data.targets.data(), samples);
-        p[i] = kept;
-        numeric[i] = (up - down) / (2 * step);
-        largest = std::max(largest, std::abs(numeric[i]));
-    }
-    REQUIRE(largest > 1e-2);
-    for (const auto& tensor : TokenNet::parameters)
-        for (std::size_t i = tensor.offset; i < tensor.offset + tensor.numel(); ++i) {
-            INFO(tensor.name() << "[" << i - tensor.offset << "]: " << grads[i] << " vs " << numeric[i]);
-            CHECK(std::abs(grads[i] - numeric[i]) <= 1e-4 * largest);
-        }
+TEST_CASE("a block as the first layer: gradients equal float64 finite differences") {
+    constexpr std::size_t batch = 4;
+    const auto data = custom_model::make_batches(1, 9);
+    std::vector<float> params(BlockFirst::param_count), grads(BlockFirst::param_count, 0.0f);
+    ds::Rng rng(2);
+    BlockFirst::init(params.data(), rng);
+    BlockFirst net(batch);
+    const float* logits = net.forward(data.inputs.data(), batch, params.data());
+    const auto loss = ds::nn::CrossEntropyLoss{classes}({logits, batch * classes}, {data.labels.data(), batch});
+    net.backward(loss.grad_output.data(), params.data(), grads.data());
+    check_against_finite_differences<BlockFirst>(params, grads, [&](const std::vector<double>& p) {
+        return reference_block_first_loss(p, data.inputs.data(), data.labels.data(), batch);
+    });
+}
+
+TEST_CASE("bf16 storage: a residual model's gradients follow fp32's to bf16's precision") {
+    constexpr std::size_t batch = 5;
+    const auto data = custom_model::make_batches(1, 3);
+    std::vector<float> params(Net::param_count);
+    ds::Rng rng(5);
+    Net::init(params.data(), rng);
+    std::vector<ds::bf16> params16(params.begin(), params.end()), inputs16(batch * inputs);
+    for (std::size_t i = 0; i < params.size(); ++i) params[i] = static_cast<float>(params16[i]);  // the same values
+    std::vector<float> x(data.inputs.begin(), data.inputs.begin() + batch * inputs);
+    for (std::size_t i = 0; i < x.size(); ++i) inputs16[i] = ds::bf16(x[i]), x[i] = static_cast<float>(inputs16[i]);
+
+    std::vector<float> grads(Net::param_count, 0.0f), grads16(Net::param_count, 0.0f);
+    Net net(batch);
+    const float* logits = net.forward(x.data(), batch, params.data());
+    const auto loss = ds::nn::CrossEntropyLoss{classes}({logits, batch * classes}, {data.labels.data(), batch});
+    net.backward(loss.grad_output.data(), params.data(), grads.data());
+
+    Net::with_storage<ds::bf16> net16(batch);
+    const ds::bf16* logits16 = net16.forward(inputs16.data(), batch, params16.data());
+    const std::vector<float> wide(logits16, logits16 + batch * classes);
+    const auto loss16 = ds::nn::CrossEntropyLoss{classes}(wide, {data.labels.data(), batch});
+    const std::vector<ds::bf16> grad_output16(loss16.grad_output.begin(), loss16.grad_output.end());
+    net16.backward(grad_output16.data(), params16.data(), grads16.data());
+
+    double largest = 0, worst = 0;
+    for (float g : grads) largest = std::max(largest, double{std::abs(g)});
+    for (std::size_t i = 0; i < grads.size(); ++i) worst = std::max(worst, double{std::abs(grads[i] - grads16[i])});
+    INFO("worst |bf16 - fp32| gradient " << worst << " of largest " << largest);
+    CHECK(worst < 0.03 * largest);  // bf16 keeps 8 bits: activations and gradients each round by 2^-9
+    CHECK(worst > 0);               // it did compute in bf16
 }
 
 TEST_CASE("token ids reach the embedding as integers in every precision, and a bad id is named") {
@@ -381,11 +445,12 @@ TEST_CASE("cross-entropy per position: ignore_index rows count for nothing") {
     CHECK_THROWS_AS(ds::nn::CrossEntropyLoss{3}(logits, std::vector<std::int32_t>{1, -1, 0}), std::out_of_range);
 }
 
-TEST_CASE("a token model trains at every stage on 1 and 2 ranks like stage 0") {
+TEST_CASE_TEMPLATE("a token model, tied or not, trains at every stage on 1 and 2 ranks like stage 0", Model,
+                   TokenNet, TiedNet) {
     const auto data = make_token_batches(custom_model::global_batch * steps, 12);
-    const auto train = [&](auto& engine) { train_tokens(engine, data); };
-    SUBCASE("fp32") { check_every_stage<TokenNet, ds::FP32>(1e-5, 1e-2, train); }
-    SUBCASE("bf16") { check_every_stage<TokenNet, ds::BF16>(5e-3, 0.1, train); }
+    const auto train = [&](auto& engine) { train_tokens(engine, data, steps); };
+    SUBCASE("fp32") { check_every_stage<Model, ds::FP32>(1e-5, 1e-2, train); }
+    SUBCASE("bf16") { check_every_stage<Model, ds::BF16>(5e-3, 0.1, train); }
 }
 
 }

@@ -61,6 +61,7 @@ concept sample_shape = requires {
 
 template <class B>
 concept layer_tensors = requires {
+    typename std::integral_constant<std::size_t, B::params.size()>;  // a constexpr table
     { B::params.size() } -> std::convertible_to<std::size_t>;
     requires std::same_as<std::remove_cvref_t<decltype(B::params[0])>, nn::ParamSpec>;
 };
@@ -90,7 +91,7 @@ concept expert_layer_math = requires(B& b, const float* x, float* y, float* dy, 
 
 /// A layer bound to its input shape: `L::Bound<Input>` of a `ds::layer`.
 template <class B>
-concept bound_layer = std::is_default_constructible_v<B> && requires(B& b, std::size_t n) {
+concept bound_layer = requires { sizeof(B); } && std::is_default_constructible_v<B> && requires(B& b, std::size_t n) {
     typename B::input_shape;
     typename B::output_shape;
     requires detail::sample_shape<typename B::input_shape> && detail::sample_shape<typename B::output_shape>;
@@ -109,6 +110,11 @@ consteval bool explain_layer() {
     if constexpr (!requires { typename L::template Bound<Input>; }) {
         static_assert(requires { typename L::template Bound<Input>; },
                       "ds::layer: L has no member template `Bound<Input>` (the layer applied to an input shape)");
+        return false;
+    } else if constexpr (!requires { sizeof(typename L::template Bound<Input>); }) {
+        static_assert(requires { sizeof(typename L::template Bound<Input>); },
+                      "ds::layer: L has no Bound for this input shape (e.g. a Conv2d or MaxPool2d after Flatten: "
+                      "they take nn::Image inputs)");
         return false;
     } else {
         using B = typename L::template Bound<Input>;

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <optional>
+#include <stdexcept>
 #include <vector>
 
 #include <ds/nn/layer.hpp>
@@ -50,6 +51,8 @@ struct Residual {
         std::size_t buffer_bytes() const { return chain_ ? chain_->buffer_bytes() : 0; }
 
         void forward(const float* x, float* y, std::size_t batch, const float* w) {
+            if (!chain_ || batch > chain_->max_batch())
+                throw std::logic_error("ds::nn::Residual: forward of a batch larger than reserve() allowed");
             const float* fx = chain_->forward(x, batch, w);
             for (std::size_t i = 0; i < batch * Input::size; ++i) y[i] = x[i] + fx[i];
         }

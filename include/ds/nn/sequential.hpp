@@ -62,6 +62,10 @@ struct Chain<Input, First, Rest...> {
     using output = typename rest::output;
 };
 
+/// A layer computing with an earlier layer's parameters (`nn::Tied`).
+template <class L>
+concept borrows_parameters = requires { L::tied_to; };
+
 /// A Mixture-of-Experts layer: it reports auxiliary losses.
 template <class L>
 concept reports_aux_losses = requires(const L& l) { l.aux_losses(); };
@@ -409,6 +413,40 @@ public:
         for (std::size_t i = 0; i < layer_count; ++i) r[i] = {layer_offsets[i], layer_offsets[i + 1] - layer_offsets[i]};
         return r;
     }();
+    /// The index of the layer that lends layer I its parameters (`nn::Tied`): the earlier
+    /// layer whose name it gives.
+    template <std::size_t I>
+    static constexpr std::size_t lender_of = [] {
+        std::size_t found = layer_count;
+        if constexpr (detail::borrows_parameters<layer_t<I>>)
+            [&]<std::size_t... J>(std::index_sequence<J...>) {
+                ((found = J < I && detail::layer_prefix<layer_t<J>, J>() == layer_t<I>::tied_to ? J : found), ...);
+            }(std::make_index_sequence<layer_count>{});
+        return found;
+    }();
+    /// The span of the flat buffer layer I computes with: its own, or its lender's.
+    template <std::size_t I>
+    static constexpr LayerRange param_range = [] {
+        if constexpr (detail::borrows_parameters<layer_t<I>>) {
+            static_assert(lender_of<I> < I, "ds::nn::Tied: no earlier layer of the model has the name it lends from");
+            constexpr auto& lent = layer_t<lender_of<I>>::params;
+            constexpr auto& wanted = layer_t<I>::tied_params;
+            static_assert(lent.size() == wanted.size() && [&] {
+                for (std::size_t t = 0; t < lent.size(); ++t) {
+                    if (lent[t].shape.rank != wanted[t].shape.rank) return false;
+                    for (std::size_t d = 0; d < lent[t].shape.rank; ++d)
+                        if (lent[t].shape.dims[d] != wanted[t].shape.dims[d]) return false;
+                }
+                return true;
+            }(), "ds::nn::Tied: the layer's tensors must have the shapes of its lender's, in order");
+            return layer_ranges[lender_of<I>];
+        } else {
+            return layer_ranges[I];
+        }
+    }();
+    static_assert([]<std::size_t... I>(std::index_sequence<I...>) {  // every lender found, with the model
+        return ((param_range<I>.offset + param_range<I>.count <= param_count) && ...);
+    }(std::make_index_sequence<layer_count>{}));
     /// Each layer's experts (empty for the others), after all the dense parameters.
     static constexpr std::array<LayerRange, layer_count> expert_ranges = [] {
         std::array<LayerRange, layer_count> r{};
@@ -508,7 +546,7 @@ private:
 
     template <std::size_t I, class Hooks>
     void forward_layer(std::size_t batch, Hooks& hooks) {
-        constexpr LayerRange range = layer_ranges[I], experts = expert_ranges[I];
+        constexpr LayerRange range = param_range<I>, experts = expert_ranges[I];
         const T* w = nullptr;
         const T* we = nullptr;
         if constexpr (range.count > 0) w = hooks.parameters(range);
@@ -533,7 +571,7 @@ private:
 
     template <std::size_t I, class Hooks>
     void backward_from(T* dy, T* dx, Hooks& hooks) {
-        constexpr LayerRange range = layer_ranges[I], experts = expert_ranges[I];
+        constexpr LayerRange range = param_range<I>, experts = expert_ranges[I];
         const T* w = nullptr;
         const T* we = nullptr;
         auto* dw = static_cast<decltype(hooks.gradients(range))>(nullptr);

@@ -40,6 +40,7 @@
 #include <ds/device/cpu/threads.hpp>
 #include <ds/engine/device_traits.hpp>
 #include <ds/engine/engine.hpp>
+#include <ds/engine/engine_checkpoints.hpp>
 #include <ds/engine/flat_buffers.hpp>
 #include <ds/engine/flat_optimizer.hpp>
 #include <ds/engine/initialize.hpp>

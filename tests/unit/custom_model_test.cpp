@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -113,14 +114,17 @@ ds::Config config(int stage) {
 }
 
 /// Stage `Stage` on `ranks` threads against stage 0 on one rank, same precision and
-/// batches: `train(engine)` runs the steps.
-template <class Model, int Stage, class P, class Train>
-void check_matches_stage0(int ranks, double tolerance, double floor, const Train& train) {
+/// batches: `train(engine)` runs the steps; `tweak(config)` sets the stage's options.
+template <class Model, int Stage, class P, class Train, class Tweak = void (*)(ds::Config&)>
+void check_matches_stage0(int ranks, double tolerance, double floor, const Train& train,
+                          Tweak tweak = [](ds::Config&) {}) {
     ds::Engine<Model, ds::SGD<>, ds::Zero<0>, P> reference(config<P>(0));
     train(reference);
     const auto expected = reference.full_parameters();
+    ds::Config cfg = config<P>(Stage);
+    tweak(cfg);
     ds::comm::run_ranks(ranks, [&](ds::comm::Threads& comm) {
-        ds::Engine<Model, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads> engine(config<P>(Stage), comm);
+        ds::Engine<Model, ds::SGD<>, ds::Zero<Stage>, P, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
         train(engine);
         const auto got = engine.full_parameters();
         double worst = 0;
@@ -428,6 +432,54 @@ TEST_CASE("token ids reach the embedding as integers in every precision, and a b
     bad[positions + 2] = static_cast<std::int32_t>(vocab);
     CHECK_THROWS_WITH_AS(fp32.forward(bad), doctest::Contains("token id 300 at position 2 of sample 1"),
                          std::out_of_range);
+}
+
+TEST_CASE("tied weights through every stage-2 and stage-3 path: buckets, no contiguous gradients, overlap, prefetch") {
+    const auto data = make_token_batches(custom_model::global_batch * steps, 13);
+    const auto train = [&](auto& engine) { train_tokens(engine, data, steps); };
+    using ds::Config;
+    check_matches_stage0<TiedNet, 2, ds::FP32>(2, 1e-5, 1e-2, train, [](Config& c) {
+        c.zero_optimization.reduce_bucket_size = 500;  // smaller than the table: reduced on its own, flushes between
+    });
+    check_matches_stage0<TiedNet, 2, ds::FP32>(2, 1e-5, 1e-2, train,
+                                               [](Config& c) { c.zero_optimization.contiguous_gradients = false; });
+    check_matches_stage0<TiedNet, 2, ds::FP32>(2, 1e-5, 1e-2, train, [](Config& c) {
+        c.zero_optimization.overlap_comm = true;
+        c.zero_optimization.reduce_bucket_size = 500;
+    });
+    check_matches_stage0<TiedNet, 3, ds::FP32>(2, 1e-5, 1e-2, train,
+                                               [](Config& c) { c.zero_optimization.overlap_comm = false; });
+    check_matches_stage0<TiedNet, 3, ds::FP32>(2, 1e-5, 1e-2, train,
+                                               [](Config& c) { c.zero_optimization.reduce_scatter = false; });
+}
+
+TEST_CASE("stage 3 prefetches in the order the model asks: a tied model gathers nothing it does not use") {
+    static_assert(TiedNet::gather_order == std::array<std::size_t, 3>{0, 1, 0});  // wte, block, wte again
+    const auto data = make_token_batches(custom_model::global_batch * steps, 14);
+    std::array<std::uint64_t, 2> gathered{};  // all-gathered elements per run: without, with overlap_comm
+    for (int overlap : {0, 1})
+        ds::comm::run_ranks(2, [&](ds::comm::Threads& comm) {
+            ds::Config cfg = config<ds::FP32>(3);
+            cfg.zero_optimization.overlap_comm = overlap == 1;
+            ds::Engine<TiedNet, ds::SGD<>, ds::Zero<3>, ds::FP32, ds::Cpu, ds::comm::Threads> engine(cfg, comm);
+            engine.communicator().reset_counters();
+            train_tokens(engine, data, steps);
+            if (comm.rank() == 0) gathered[overlap] = engine.communicator().counters()[ds::comm::Op::all_gather];
+        });
+    CHECK(gathered[0] > 0);
+    CHECK(gathered[1] == gathered[0]);  // a prefetch of the wrong layer would gather more
+}
+
+TEST_CASE("a forward that fails on a bad id changes nothing: the next backward is refused") {
+    ds::Engine<TokenNet, ds::SGD<>, ds::Zero<0>, ds::FP32> engine(config<ds::FP32>(0));
+    auto data = make_token_batches(4, 15);
+    const auto good = engine.forward(std::span<const std::int32_t>(data.ids).first(2 * positions));
+    (void)good;
+    data.ids[5] = -1;
+    CHECK_THROWS_WITH_AS(engine.forward(data.ids), doctest::Contains("token id -1 at position 5 of sample 0"),
+                         std::out_of_range);
+    const std::vector<float> logits(4 * positions * vocab, 0.0f);
+    CHECK_THROWS_AS(engine.backward(ds::nn::CrossEntropyLoss{vocab}(logits, data.targets)), std::invalid_argument);
 }
 
 TEST_CASE("cross-entropy per position: ignore_index rows count for nothing") {

@@ -136,7 +136,10 @@ public:
     // --- hooks the model calls layer by layer (see Sequential::forward/backward) ---------
 
     /// The engine announces each pass, so stage 3 knows which layer comes next.
-    void begin_pass(Pass pass) { pass_ = pass; }
+    void begin_pass(Pass pass) {
+        pass_ = pass;
+        position_ = pass == Pass::forward ? none : gather_order.size();
+    }
 
     const compute_type* parameters(Range r) {
         if constexpr (Z::partitions_parameters) {
@@ -527,17 +530,42 @@ private:
             if (Model::layer_ranges[i].offset == r.offset && Model::layer_ranges[i].count == r.count) return i;
         return Model::layer_ranges.size();
     }
-    /// The layer with parameters that this pass reaches after `layer`, if any.
-    std::optional<std::size_t> next_layer(std::size_t layer) const {
-        const auto& ranges = Model::layer_ranges;
-        if (pass_ == Pass::forward) {
-            for (std::size_t i = layer + 1; i < ranges.size(); ++i)
-                if (ranges[i].count > 0) return i;
+    /// The layers whose parameters a forward pass asks for, in its order: the model's
+    /// `gather_order` (where a tied layer asks for its lender's again), else each layer with
+    /// parameters once. A backward pass asks in the reverse order.
+    static constexpr auto gather_order = [] {
+        if constexpr (requires { Model::gather_order; }) {
+            return Model::gather_order;
         } else {
-            for (std::size_t i = layer; i-- > 0;)
-                if (ranges[i].count > 0) return i;
+            constexpr auto& ranges = Model::layer_ranges;
+            constexpr std::size_t count = [&] {
+                std::size_t n = 0;
+                for (const auto& r : ranges) n += r.count > 0;
+                return n;
+            }();
+            std::array<std::size_t, count> order{};
+            std::size_t next = 0;
+            for (std::size_t i = 0; i < ranges.size(); ++i)
+                if (ranges[i].count > 0) order[next++] = i;
+            return order;
         }
-        return std::nullopt;
+    }();
+    /// Moves this pass's position to `layer`'s next request and returns the layer the pass
+    /// asks for after it, if any (none when the request is not where the order expects it).
+    std::optional<std::size_t> advance_to(std::size_t layer) {
+        const std::size_t n = gather_order.size();
+        if (pass_ == Pass::forward) {
+            std::size_t p = position_ == none ? 0 : position_ + 1;
+            while (p < n && gather_order[p] != layer) ++p;
+            if (p == n) return std::nullopt;
+            position_ = p;
+            return p + 1 < n ? std::optional<std::size_t>(gather_order[p + 1]) : std::nullopt;
+        }
+        std::size_t p = std::min(position_, n);
+        while (p > 0 && gather_order[p - 1] != layer) --p;
+        if (p == 0) return std::nullopt;
+        position_ = p - 1;
+        return position_ > 0 ? std::optional<std::size_t>(gather_order[position_ - 1]) : std::nullopt;
     }
     /// Starts the all-gathers of `layer`'s partitioned tensors into `g.receive`.
     void start_gather(std::size_t layer, LayerGather& g) {
@@ -582,8 +610,8 @@ private:
             if (next_.layer != none) finish_gather(next_);  // a pass ended early: drain it
             start_gather(layer, now_);
         }
-        if (overlap_comm(cfg_.zero_optimization))
-            if (const auto following = next_layer(layer)) start_gather(*following, next_);
+        const auto following = advance_to(layer);
+        if (overlap_comm(cfg_.zero_optimization) && following && *following != layer) start_gather(*following, next_);
         finish_gather(now_);
     }
     /// Each tensor's gradient, zero-padded to chunk·N: reduce-scattered pre-divided by N, or
@@ -620,6 +648,7 @@ private:
     std::vector<Buffer<compute_type>> persistent_;
     LayerGather now_, next_;
     Pass pass_ = Pass::forward;
+    std::size_t position_ = none;  ///< stage 3: where this pass is in gather_order
 };
 
 }  // namespace ds

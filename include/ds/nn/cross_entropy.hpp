@@ -28,7 +28,8 @@ struct Loss {
 /// sequence (logits [batch × T × classes], labels [batch × T]). Each row is computed stably
 /// as logsumexp(z) − z[label] in double; rows labelled `ignore_index` count for nothing and
 /// get no gradient; the mean is over the counted rows, so the gradient is
-/// (softmax(z) − onehot) / counted (`math::softmax_cross_entropy`, the CUDA kernel's too).
+/// (softmax(z) − onehot) / counted (`math::softmax_cross_entropy`; the CUDA loss kernel
+/// uses it with one label per sample and no ignore_index).
 /// With every row ignored the loss is NaN and the gradient zero, as in PyTorch.
 struct CrossEntropyLoss {
     std::size_t classes;

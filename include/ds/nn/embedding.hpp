@@ -36,6 +36,10 @@ struct Embedding {
         void reserve(std::size_t) {}
 
         /// @throws std::out_of_range naming the first id outside [0, Vocab)
+        static void check_inputs(const std::int32_t* ids, std::size_t batch) {
+            for (std::size_t p = 0; p < batch * positions; ++p) row(ids, p);
+        }
+        /// @throws std::out_of_range naming the first id outside [0, Vocab)
         void forward(const std::int32_t* ids, float* y, std::size_t batch, const float* w) {
             for (std::size_t p = 0; p < batch * positions; ++p)
                 std::copy_n(w + row(ids, p) * Dim, Dim, y + p * Dim);

@@ -376,6 +376,13 @@ public:
 
     std::size_t max_batch() const { return max_batch_; }
 
+    /// Checks a batch's inputs before anything runs (token ids against the vocabulary:
+    /// the first layer's `check_inputs`), so a bad batch changes nothing and, at ZeRO
+    /// stage 3, fails before any collective. @throws what that layer throws
+    void check_inputs(const input_value_type* x, std::size_t batch) const {
+        if constexpr (requires { layer_t<0>::check_inputs(x, batch); }) layer_t<0>::check_inputs(x, batch);
+    }
+
     /// Bytes of activations, backward work buffers and each layer's own (the convolutions'
     /// per-thread scratch, pooling positions, MoE blocks).
     std::size_t buffer_bytes() const {
@@ -447,6 +454,24 @@ public:
     static_assert([]<std::size_t... I>(std::index_sequence<I...>) {  // every lender found, with the model
         return ((param_range<I>.offset + param_range<I>.count <= param_count) && ...);
     }(std::make_index_sequence<layer_count>{}));
+    /// The layers whose parameters a forward pass asks for, in order (ZeRO-3 prefetches by
+    /// it): each layer with parameters, and a tied layer's lender again where it computes.
+    static constexpr auto gather_order = [] {
+        constexpr std::size_t count = []<std::size_t... I>(std::index_sequence<I...>) {
+            return ((param_range<I>.count > 0 ? 1 : 0) + ... + 0);
+        }(std::make_index_sequence<layer_count>{});
+        std::array<std::size_t, count> order{};
+        std::size_t next = 0;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (
+                [&] {
+                    if constexpr (param_range<I>.count > 0)
+                        order[next++] = detail::borrows_parameters<layer_t<I>> ? lender_of<I> : I;
+                }(),
+                ...);
+        }(std::make_index_sequence<layer_count>{});
+        return order;
+    }();
     /// Each layer's experts (empty for the others), after all the dense parameters.
     static constexpr std::array<LayerRange, layer_count> expert_ranges = [] {
         std::array<LayerRange, layer_count> r{};

@@ -115,6 +115,8 @@ struct DeviceLayer {
 /// `forward<true>` applies the ReLU that follows it in the same epilogue (`relu_fuses`).
 template <std::size_t In, std::size_t Out, class Input, class T>
 struct DeviceLayer<nn::Linear<In, Out>, Input, T> {
+    static_assert(!nn::detail::per_position<Input, In>(),
+                  "ds::Cuda: nn::Linear over a sequence (per position) runs on ds::Cpu only so far");
     static constexpr std::size_t bias_offset = Out * In;
     static constexpr bool relu_fuses = true;
 

@@ -307,27 +307,11 @@ TEST_CASE("a user's layer and a residual block: gradients equal float64 finite d
     const auto loss = ds::nn::CrossEntropyLoss{classes}({logits, batch * classes}, {data.labels.data(), batch});
     net.backward(loss.grad_output.data(), params.data(), grads.data());
 
-    std::vector<double> p(params.begin(), params.end());
-    CHECK(loss.value == doctest::Approx(reference_loss(p, data.inputs.data(), data.labels.data(), batch)).epsilon(1e-5));
-    constexpr double step = 1e-5;
-    std::vector<double> numeric(p.size());
-    double largest = 0;
-    for (std::size_t i = 0; i < p.size(); ++i) {
-        const double kept = p[i];
-        p[i] = kept + step;
-        const double up = reference_loss(p, data.inputs.data(), data.labels.data(), batch);
-        p[i] = kept - step;
-        const double down = reference_loss(p, data.inputs.data(), data.labels.data(), batch);
-        p[i] = kept;
-        numeric[i] = (up - down) / (2 * step);
-        largest = std::max(largest, std::abs(numeric[i]));
-    }
-    REQUIRE(largest > 1e-2);
-    for (const auto& tensor : Net::parameters)
-        for (std::size_t i = tensor.offset; i < tensor.offset + tensor.numel(); ++i) {
-            INFO(tensor.name() << "[" << i - tensor.offset << "]: " << grads[i] << " vs " << numeric[i]);
-            CHECK(std::abs(grads[i] - numeric[i]) <= 1e-4 * largest);
-        }
+    const auto reference = [&](const std::vector<double>& p) {
+        return reference_loss(p, data.inputs.data(), data.labels.data(), batch);
+    };
+    CHECK(loss.value == doctest::Approx(reference({params.begin(), params.end()})).epsilon(1e-5));
+    check_against_finite_differences<Net>(params, grads, reference);
 
     // Law 1: a second backward adds the same gradient again.
     std::vector<float> once = grads;
